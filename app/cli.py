@@ -1,0 +1,249 @@
+"""The `occlufer` command.
+
+Runtime subcommands (models, detect, run, bench) use onnxruntime only; train, eval, export
+and occlude import the torch-side packages lazily, so a runtime-only install still starts.
+Every OccluferError is printed as one clear message (no traceback) with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from app import __version__
+from app.errors import BadFrameError, OccluferError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+def _store(args: argparse.Namespace):
+    from app.runtime.store import ModelStore
+
+    return ModelStore(root=Path(args.store) if getattr(args, "store", None) else None)
+
+
+# ------------------------------------------------------------------ models
+def cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    names = args.names or store.names()
+    if args.action == "list":
+        print(f"{'name':<24} {'task':<12} {'status':<8} path")
+        for name in names:
+            state = store.state(name)
+            print(f"{name:<24} {store.entry(name).get('task', ''):<12} {state.status:<8} {state.path}")
+        return 0
+    if args.action == "fetch":
+        from_dir = Path(args.from_dir).expanduser() if args.from_dir else None
+        failed = []
+        for name in names:
+            try:
+                path = store.fetch(name, from_dir=from_dir, force=args.force)
+                print(f"{name}: ok  {path}")
+            except OccluferError as exc:
+                failed.append(name)
+                print(f"{name}: FAILED  {exc}", file=sys.stderr)
+        return 1 if failed else 0
+    bad = 0
+    for name in names:  # verify
+        state = store.state(name)
+        bad += state.status != "ok"
+        print(f"{name:<24} {state.status:<8} {state.detail}")
+    return 1 if bad else 0
+
+
+# ------------------------------------------------------------------ detect / run
+def _pipeline(args: argparse.Namespace):
+    from app.pipeline.pipeline import build_pipeline
+
+    return build_pipeline(_store(args), device=args.device, threads=args.threads,
+                          score_threshold=args.score)
+
+
+def _face_json(face) -> dict:
+    return {"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 4),
+            "landmarks5": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks5]}
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from app.sources import read_image
+
+    image = read_image(Path(args.image))
+    pipeline = _pipeline(args)
+    faces = pipeline.detector(image)
+    if args.json:
+        print(json.dumps({"image": args.image, "size": list(image.shape[:2][::-1]),
+                          "faces": [_face_json(f) for f in faces]}, indent=2))
+    else:
+        print(f"{len(faces)} face(s) in {args.image}")
+        for i, face in enumerate(faces):
+            box = ", ".join(f"{v:.0f}" for v in face.box)
+            print(f"  [{i}] score {face.score:.3f}  box [{box}]")
+    return 0
+
+
+RUN_COLUMNS = (
+    ["timestamp", "frame", "source_time", "faces", "face", "track_id", "x1", "y1", "x2", "y2", "score"]
+    + [f"lm{i}_{axis}" for i in range(5) for axis in "xy"]
+    + ["detect_ms", "track_ms", "align_ms", "frame_ms"]
+)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.recording import CsvRecorder
+    from app.sources import open_source
+
+    source = open_source(args.source, loop=args.loop)  # fails before any file is created
+    pipeline = _pipeline(args)
+    print(f"providers: {pipeline.providers}", file=sys.stderr)
+    bad_frames = 0
+    with source, CsvRecorder(Path(args.out), RUN_COLUMNS) as recorder:
+        progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
+        for frame in source:
+            if args.max_frames is not None and frame.index >= args.max_frames:
+                break
+            try:
+                result = pipeline.process(frame)
+            except BadFrameError as exc:
+                bad_frames += 1
+                print(f"frame {frame.index} skipped: {exc}", file=sys.stderr)
+                continue
+            base = {"timestamp": _iso(frame.timestamp), "frame": frame.index,
+                    "source_time": "" if frame.source_time is None else f"{frame.source_time:.3f}",
+                    "faces": len(result.faces)}
+            lat = {f"{k}_ms": f"{v:.2f}" for k, v in result.latency_ms.items()}
+            if not result.faces:  # one row says the frame was seen and held no face
+                recorder.write({**base, **lat})
+            for i, analysis in enumerate(result.faces):
+                face = analysis.face
+                row = {**base, **lat, "face": i, "track_id": face.track_id,
+                       "score": f"{face.score:.4f}"}
+                row.update({k: f"{v:.1f}" for k, v in zip(("x1", "y1", "x2", "y2"), face.box)})
+                for j, (x, y) in enumerate(face.landmarks5):
+                    row[f"lm{j}_x"], row[f"lm{j}_y"] = f"{x:.1f}", f"{y:.1f}"
+                recorder.write(row)
+            progress.update(1)
+        progress.close()
+    print(f"wrote {recorder.rows} rows to {args.out}" + (f" ({bad_frames} bad frames skipped)"
+                                                        if bad_frames else ""), file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ torch-side commands
+def _torch_side(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise OccluferError(
+            f"This command needs the training extra ({exc.name} is missing): "
+            "pip install torch==2.13.0 -e '.[train]'"
+        ) from exc
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    exporter = _torch_side("exporters.retinaface")
+    out = exporter.export_retinaface(Path(args.weights), Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_occlude(args: argparse.Namespace) -> int:
+    occlusion = _torch_side("training.occlusion")
+    argv = ["--data-root", args.data_root, "--out", args.out, "--seed", str(args.seed)]
+    if args.kinds:
+        argv += ["--kinds", *args.kinds]
+    return int(occlusion.main(argv) or 0)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where onnxruntime runs the models (auto: CUDA when it really loads)")
+    p.add_argument("--threads", type=int, default=None, help="threads per model session")
+    p.add_argument("--score", type=float, default=0.5, help="face score threshold")
+    p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
+                                   "or ~/.cache/occlufer/models)")
+
+
+def build_parser(training: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="occlufer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"occlufer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list, fetch or verify model files")
+    p.add_argument("action", choices=("list", "fetch", "verify"))
+    p.add_argument("names", nargs="*", help="model names (default: all)")
+    p.add_argument("--from", dest="from_dir", help="directory holding model files or checkpoints "
+                                                   "(e.g. ../shared/weights)")
+    p.add_argument("--force", action="store_true", help="fetch again even if present and intact")
+    p.add_argument("--store", help="model store directory")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("detect", help="detect faces in one image")
+    p.add_argument("image")
+    p.add_argument("--json", action="store_true", help="print detections as JSON")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("run", help="run the pipeline headless and write a CSV")
+    p.add_argument("--source", required=True, help="camera index, video, image, folder or `demo`")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--loop", action="store_true", help="loop files (with --max-frames)")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export", help="export RetinaFace weights (.pth) to verified ONNX")
+    p.add_argument("network", choices=("retinaface",))
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("occlude", help="write the fixed occluded FERPlus test sets")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--kinds", nargs="*")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_occlude)
+
+    _add_training_commands(sub, load=training)
+    return parser
+
+
+def _add_training_commands(sub, load: bool) -> None:
+    """train/eval take their options from training.cli, imported only when one is asked for
+    (it pulls in torch, which the runtime commands must never load)."""
+    for name, help_text in (("train", "train an expression network (needs [train])"),
+                            ("eval", "evaluate an ONNX expression model on a data set")):
+        p = sub.add_parser(name, help=help_text)
+        if load:
+            training_cli = _torch_side("training.cli")
+            getattr(training_cli, f"add_{name}_args")(p)
+            p.set_defaults(func=getattr(training_cli, f"run_{name}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        wants_training = bool(argv) and argv[0] in ("train", "eval")
+        args = build_parser(training=wants_training).parse_args(argv)
+        return int(args.func(args) or 0)
+    except OccluferError as exc:
+        print(f"occlufer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("occlufer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

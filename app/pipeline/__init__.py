@@ -1,0 +1,1 @@
+"""The per-frame chain: detector -> tracker -> aligner -> per-face stages -> classifier."""

@@ -1,0 +1,84 @@
+"""The plain records that travel between pipeline stages.
+
+Each stage takes the previous record and returns the next; nothing flows back upstream.
+Coordinates are float32 pixels in the frame the record names (frame or aligned crop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One image from a source. `image` is BGR uint8 (H, W, 3), as OpenCV delivers it."""
+
+    image: np.ndarray
+    index: int
+    timestamp: float  # seconds since the epoch (wall clock when captured / decoded)
+    source_time: float | None = None  # position in a video file, seconds, when known
+
+
+@dataclass
+class Face:
+    """A detected face in frame coordinates."""
+
+    box: np.ndarray  # (4,) float32: x1, y1, x2, y2
+    score: float
+    landmarks5: np.ndarray  # (5, 2) float32: right eye, left eye (image left->right), nose, mouth right, mouth left
+    track_id: int = -1
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+
+@dataclass
+class AlignedFace:
+    """A face cropped to the canonical (FERPlus-like) framing.
+
+    `matrix` is the 2x3 affine mapping frame -> crop; `inverse` maps crop -> frame, so anything
+    predicted on the crop (landmarks, maps) can be drawn back on the frame.
+    """
+
+    crop: np.ndarray  # (S, S, 3) BGR uint8
+    matrix: np.ndarray  # (2, 3) float32 frame -> crop
+    inverse: np.ndarray  # (2, 3) float32 crop -> frame
+    face: Face
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        """Map (N, 2) crop coordinates to frame coordinates."""
+        pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        return pts @ self.inverse[:, :2].T + self.inverse[:, 2]
+
+
+@dataclass
+class FaceAnalysis:
+    """Everything the pipeline learned about one face in one frame."""
+
+    face: Face
+    aligned: AlignedFace | None = None
+    probs: np.ndarray | None = None  # (C,) float32, class order of the active model
+    cam: np.ndarray | None = None  # (C, h, w) float32 in [0, 1], one map per class, crop coordinates
+    classes: tuple[str, ...] = ()  # names for `probs`, from the active model
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class, or None before classification."""
+        return None if self.probs is None else self.classes[int(np.argmax(self.probs))]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FrameResult:
+    """The output of one pipeline step over a frame."""
+
+    frame: Frame
+    faces: list[FaceAnalysis]
+    latency_ms: dict[str, float] = field(default_factory=dict)  # per stage, whole frame

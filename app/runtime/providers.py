@@ -1,0 +1,107 @@
+"""The one place where onnxruntime sessions are made.
+
+onnxruntime-gpu lists `CUDAExecutionProvider` as available even on machines without CUDA
+libraries; a session asked for CUDA then logs an error and quietly runs on the CPU. So the
+truth is taken from `session.get_providers()` after creation, never from the list of
+available providers, and a failed CUDA attempt is remembered so later sessions do not retry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+from app.errors import ModelIntegrityError, OccluferError
+
+Device = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_cuda_failure: str | None = None  # why CUDA could not be used, once we know
+
+
+@dataclass(frozen=True)
+class CudaStatus:
+    usable: bool | None  # None: not tried yet (provider compiled in, libraries unproven)
+    reason: str
+
+
+def cuda_status() -> CudaStatus:
+    """What the app can say about CUDA without creating a session."""
+    if CUDA not in ort.get_available_providers():
+        return CudaStatus(False, f"this onnxruntime build ({ort.__version__}) has no CUDA provider")
+    if _cuda_failure is not None:
+        return CudaStatus(False, _cuda_failure)
+    return CudaStatus(None, "CUDA provider present; libraries are checked when a model loads")
+
+
+def default_threads() -> int | None:
+    """Threads per session: OCCLUFER_THREADS if set, else onnxruntime's own choice."""
+    value = os.environ.get("OCCLUFER_THREADS")
+    return int(value) if value else None
+
+
+def _options(threads: int | None, quiet: bool) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads if threads is not None else default_threads()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 4 if quiet else 3
+    return opts
+
+
+def _load(model: Path | bytes, providers: list[str], opts: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / NoSuchFile types
+        name = "in-memory model" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes) and not Path(model).is_file():
+            raise ModelIntegrityError(f"Model file not found: {name}") from exc
+        raise ModelIntegrityError(
+            f"Cannot load ONNX model {name}: {str(exc).splitlines()[0][:300]}\n"
+            "The file is damaged or not an ONNX model; run `occlufer models verify` and "
+            "`occlufer models fetch` to replace it."
+        ) from exc
+
+
+def create_session(
+    model: Path | str | bytes, device: Device = "auto", threads: int | None = None
+) -> ort.InferenceSession:
+    """Create a session on `device`; "auto" uses CUDA only when it really loads."""
+    global _cuda_failure
+    model = model if isinstance(model, bytes) else Path(model)
+    if device not in ("auto", "cpu", "cuda"):
+        raise OccluferError(f"Unknown device {device!r}: use auto, cpu or cuda")
+    want_cuda = device == "cuda" or (device == "auto" and cuda_status().usable is not False)
+    if want_cuda:
+        status = cuda_status()
+        if status.usable is False:
+            raise OccluferError(f"CUDA was requested but cannot be used: {status.reason}")
+        previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+        ort.set_default_logger_severity(4)  # the CPU fallback logs an error we report ourselves
+        try:
+            session = _load(model, [CUDA, CPU], _options(threads, quiet=True))
+        finally:
+            ort.set_default_logger_severity(previous)
+        if CUDA in session.get_providers():
+            return session
+        _cuda_failure = (
+            "onnxruntime could not load the CUDA libraries it needs (CUDA 13 and cuDNN 9 for "
+            f"onnxruntime-gpu {ort.__version__}); running on CPU"
+        )
+        if device == "cuda":
+            raise OccluferError(f"CUDA was requested but cannot be used: {_cuda_failure}")
+        return session
+    return _load(model, [CPU], _options(threads, quiet=False))
+
+
+def session_provider(session: ort.InferenceSession) -> str:
+    """The provider that really runs the session's nodes first ("CUDA" or "CPU")."""
+    return session.get_providers()[0].replace("ExecutionProvider", "")
