@@ -1,6 +1,11 @@
 """occlufer runtime: everything a user's machine runs, on onnxruntime alone (never torch)."""
 
+import os
 from pathlib import Path
+
+# OpenCV's own warnings (a camera index that does not exist, a codec probe) would reach the
+# user's terminal beside our clear message; keep its errors only.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
 

@@ -81,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Detector latency on the astronaut frame.")
-    parser.add_argument("--model", type=Path, required=True, help="RetinaFace ONNX")
+    parser.add_argument("--model", default="retinaface_mnet025",
+                        help="RetinaFace model name in the store, or an ONNX file")
     parser.add_argument("--sizes", nargs="+", default=["640x480", "320x240"], help="WxH frames")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
+    if not Path(args.model).is_file():
+        from app.runtime.store import ModelStore
+
+        args.model = ModelStore().verified_path(args.model)
     print("| model | frame | threads | median ms | p95 ms | faces | provider |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:

@@ -10,17 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from app import __version__
 from app.errors import BadFrameError, OccluferError
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
 
 def _store(args: argparse.Namespace):
@@ -63,7 +58,8 @@ def _pipeline(args: argparse.Namespace):
     from app.pipeline.pipeline import build_pipeline
 
     return build_pipeline(_store(args), device=args.device, threads=args.threads,
-                          score_threshold=args.score)
+                          score_threshold=args.score, detector_model=args.detector,
+                          expression_model=getattr(args, "model", None))
 
 
 def _face_json(face) -> dict:
@@ -88,24 +84,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-RUN_COLUMNS = (
-    ["timestamp", "frame", "source_time", "faces", "face", "track_id", "x1", "y1", "x2", "y2", "score"]
-    + [f"lm{i}_{axis}" for i in range(5) for axis in "xy"]
-    + ["detect_ms", "track_ms", "align_ms", "frame_ms"]
-)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from app.pipeline.smoothing import ExpressionSmoother
     from app.recording import CsvRecorder
+    from app.session_rows import SessionSchema, expression_classes
     from app.sources import open_source
 
     source = open_source(args.source, loop=args.loop)  # fails before any file is created
     pipeline = _pipeline(args)
     print(f"providers: {pipeline.providers}", file=sys.stderr)
+    schema = SessionSchema(expression_classes(_store(args), [args.model] if args.model else []))
+    smoother = ExpressionSmoother()
     bad_frames = 0
-    with source, CsvRecorder(Path(args.out), RUN_COLUMNS) as recorder:
+    with source, CsvRecorder(Path(args.out), schema.columns) as recorder:
         progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
         for frame in source:
             if args.max_frames is not None and frame.index >= args.max_frames:
@@ -116,25 +109,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 bad_frames += 1
                 print(f"frame {frame.index} skipped: {exc}", file=sys.stderr)
                 continue
-            base = {"timestamp": _iso(frame.timestamp), "frame": frame.index,
-                    "source_time": "" if frame.source_time is None else f"{frame.source_time:.3f}",
-                    "faces": len(result.faces)}
-            lat = {f"{k}_ms": f"{v:.2f}" for k, v in result.latency_ms.items()}
-            if not result.faces:  # one row says the frame was seen and held no face
-                recorder.write({**base, **lat})
-            for i, analysis in enumerate(result.faces):
-                face = analysis.face
-                row = {**base, **lat, "face": i, "track_id": face.track_id,
-                       "score": f"{face.score:.4f}"}
-                row.update({k: f"{v:.1f}" for k, v in zip(("x1", "y1", "x2", "y2"), face.box)})
-                for j, (x, y) in enumerate(face.landmarks5):
-                    row[f"lm{j}_x"], row[f"lm{j}_y"] = f"{x:.1f}", f"{y:.1f}"
+            for row in schema.rows(smoother.update(result), args.model):
                 recorder.write(row)
             progress.update(1)
         progress.close()
     print(f"wrote {recorder.rows} rows to {args.out}" + (f" ({bad_frames} bad frames skipped)"
                                                         if bad_frames else ""), file=sys.stderr)
     return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from app.ui.app_main import run_app  # Qt only when the window is asked for
+
+    return run_app(source=args.source, model=args.model, device=args.device,
+                   threads=args.threads, detector=args.detector, store=_store(args))
 
 
 # ------------------------------------------------------------------ torch-side commands
@@ -170,6 +158,8 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="where onnxruntime runs the models (auto: CUDA when it really loads)")
     p.add_argument("--threads", type=int, default=None, help="threads per model session")
     p.add_argument("--score", type=float, default=0.5, help="face score threshold")
+    p.add_argument("--detector", default="retinaface_mnet025",
+                   help="face detector model from the store")
     p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
                                    "or ~/.cache/occlufer/models)")
 
@@ -199,8 +189,15 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--loop", action="store_true", help="loop files (with --max-frames)")
+    p.add_argument("--model", help="expression model (adds label and class probability columns)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("app", help="the desktop app: live view, overlays, model switch, recording")
+    p.add_argument("--source", help="camera index, video, image, folder or `demo` (starts at once)")
+    p.add_argument("--model", help="expression model to start with")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("export", help="export RetinaFace weights (.pth) to verified ONNX")
     p.add_argument("network", choices=("retinaface",))
