@@ -25,6 +25,8 @@ from app.pipeline.records import Frame
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Consecutive failed reads after which a camera counts as lost (about 1 s at 30 fps).
 CAMERA_LOST_AFTER = 30
+#: Consecutive undecodable frames inside a video after which the rest counts as unreadable.
+VIDEO_CORRUPT_RUN = 30
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,29 @@ class VideoSource(FrameSource):
         self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         self.fps = self._cap.get(cv2.CAP_PROP_FPS) or None
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.skipped: list[tuple[int, str]] = []  # (frame index, why): corrupt frames, reported not fatal
 
     def __iter__(self) -> Iterator[Frame]:
-        index = 0
+        index, position_in_file, corrupt_run = 0, 0, 0
         while True:
             ok, image = self._cap.read()
             position = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # of the frame just read
             if not ok or image is None:
+                # a failed read before the container's last frame is one corrupt frame: the
+                # decoder moves on to the next, so skip it (and say so) instead of ending early
+                if position_in_file < self.frame_count - 1 and corrupt_run < VIDEO_CORRUPT_RUN:
+                    self.skipped.append((index, f"frame {position_in_file} of {self.path.name} "
+                                                "cannot be decoded (corrupt); skipped"))
+                    index, position_in_file, corrupt_run = index + 1, position_in_file + 1, corrupt_run + 1
+                    continue
                 if self.loop and index > 0:
                     self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    position_in_file, corrupt_run = 0, 0
                     continue
                 return
+            corrupt_run = 0
             yield Frame(image=image, index=index, timestamp=time.time(), source_time=position)
-            index += 1
+            index, position_in_file = index + 1, position_in_file + 1
 
     def close(self) -> None:
         self._cap.release()
@@ -188,7 +200,8 @@ class DemoSource(FrameSource):
         self._face = read_image(path)
         self.frames, self.size = frames, (width, height)
 
-    def render(self, index: int) -> np.ndarray:
+    def face_matrix(self, index: int) -> np.ndarray:
+        """The 2x3 affine placing the face photo on the canvas at frame `index`."""
         width, height = self.size
         t = index / self.fps
         scale = 0.75 + 0.15 * math.sin(t * 0.9)
@@ -198,7 +211,10 @@ class DemoSource(FrameSource):
         h, w = self._face.shape[:2]
         matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
         matrix[:, 2] += (cx - w / 2, cy - h / 2)
-        return cv2.warpAffine(self._face, matrix, (width, height), borderValue=(40, 40, 40))
+        return matrix
+
+    def render(self, index: int) -> np.ndarray:
+        return cv2.warpAffine(self._face, self.face_matrix(index), self.size, borderValue=(40, 40, 40))
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
@@ -212,8 +228,11 @@ def open_source(spec: str | int, loop: bool = False, width: int | None = None,
                 height: int | None = None) -> FrameSource:
     """`demo`, a camera index, a video file, an image file or a folder of images."""
     text = str(spec)
-    if text == "demo":
-        return DemoSource()
+    if text == "demo":  # the drifting face with occluders passing over it (app/demo.py)
+        from app.demo import OccludedDemoSource
+
+        return OccludedDemoSource(frames=None if loop else 300, width=width or 640,
+                                  height=height or 480)
     if text.isdigit():
         return CameraSource(int(text), width, height)
     path = Path(os.path.expanduser(text))

@@ -59,6 +59,16 @@ class AlignedFace:
 
 
 @dataclass
+class FaceRegion:
+    """A named part of the face one model reads on its own (the eye and mouth crops of FS-DSN,
+    a local patch of FFRA-Net), so the app can show what the model sees and what is hidden."""
+
+    name: str
+    box: np.ndarray  # (4,) float32 x1, y1, x2, y2 in crop coordinates
+    visibility: float | None = None  # share not occluded, 0..1, when an occlusion map exists
+
+
+@dataclass
 class FaceAnalysis:
     """Everything the pipeline learned about one face in one frame."""
 
@@ -67,12 +77,34 @@ class FaceAnalysis:
     probs: np.ndarray | None = None  # (C,) float32, class order of the active model
     cam: np.ndarray | None = None  # (C, h, w) float32 in [0, 1], one map per class, crop coordinates
     classes: tuple[str, ...] = ()  # names for `probs`, from the active model
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    # Later stages fill these; None means "this pipeline has no such stage", so sinks (overlays,
+    # CSV, app panels) show or write them only when present.
+    landmarks68: np.ndarray | None = None  # (68, 2) float32, frame coordinates, iBUG 300-W order
+    landmarks468: np.ndarray | None = None  # (468, 2) float32, frame coordinates, MediaPipe FaceMesh order
+    landmarks_presence: float | None = None  # landmark model's P(face in its ROI), 0..1
+    parsing: np.ndarray | None = None  # (h, w) uint8 class index per pixel, crop coordinates
+    parsing_classes: tuple[str, ...] = ()  # names for `parsing` values; index 0 is background
+    occlusion: np.ndarray | None = None  # (h, w) float32 in [0, 1], P(pixel occluded), crop coordinates
+    regions: list[FaceRegion] | None = None  # the parts of the face the active model looks at
+    smoothed_probs: np.ndarray | None = None  # (C,) `probs` after the per-track EMA (smoothing.py)
 
     @property
     def label(self) -> str | None:
         """The most probable class, or None before classification."""
         return None if self.probs is None else self.classes[int(np.argmax(self.probs))]
-    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def smoothed_label(self) -> str | None:
+        """The most probable class after smoothing (the label without per-frame flicker)."""
+        if self.smoothed_probs is None:
+            return self.label
+        return self.classes[int(np.argmax(self.smoothed_probs))]
+
+    @property
+    def occlusion_ratio(self) -> float | None:
+        """Share of the aligned crop judged occluded (P > 0.5), or None without an occlusion map."""
+        return None if self.occlusion is None else float(np.mean(self.occlusion > 0.5))
 
 
 @dataclass

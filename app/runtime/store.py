@@ -251,7 +251,14 @@ def _export_retinaface(checkpoint: Path, out: Path) -> None:
     export_retinaface(checkpoint, out)
 
 
-EXPORTERS: dict[str, Callable[[Path, Path], None]] = {"retinaface": _export_retinaface}
+def _export_facemesh(tflite: Path, out: Path) -> None:
+    from exporters.facemesh import export_for_store  # tflite2onnx + ai-edge-litert: only when building
+
+    export_for_store(tflite, out)
+
+
+EXPORTERS: dict[str, Callable[[Path, Path], None]] = {"retinaface": _export_retinaface,
+                                                      "facemesh": _export_facemesh}
 
 
 def _find_in_dir(root: Path, filename: str) -> Path | None:

@@ -1,0 +1,340 @@
+"""Export any occlufer expression network to ONNX with `probs` and a class activation map.
+
+Every expression network follows the contract of `models/__init__.py` (`forward_features`
+-> last map, `classifier` on its global average pool), so one wrapper serves all five:
+
+    input  `input` (N, 3, S, S) float32, normalised as the InputSpec in the metadata says
+    output `probs` (N, C) softmax of the network's logits
+    output `cam`   (N, C, h, w) class activation maps (Zhou et al. 2016), computed in-graph:
+                   cam_c = ReLU(sum_k W[c, k] * F[k]) / (max_hw ReLU(...) + 1e-6)
+
+CAM choices: the classifier bias is left out (it is constant over space, so it cannot say
+*where* the evidence is); negative evidence is clipped by the ReLU; each class map is scaled
+by its own maximum so it lies in [0, 1] whatever the logit scale, and a class with no positive
+evidence anywhere is all zeros (the 1e-6 keeps that division finite). The app upsamples `cam`
+to the crop itself, so the graph stays at feature resolution.
+
+The file carries its own description in `metadata_props` (classes, input spec, model name,
+sha256 of the source weights, output description), is checked against torch on a real batch
+before it is moved into place, and is never left half-written.
+
+fp16: weights are *stored* as float16 and each is cast back to float32 by a `Cast` node
+(compute stays float32). onnxruntime folds those casts when the session is created, so the
+CPU runs it like the fp32 file at half the size, with no fp16 kernels needed and no extra
+package; the cost is weight rounding only, which `ExportReport` measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.pipeline.preprocess import InputSpec, prepare_batch
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("probs", "cam")
+#: Largest |onnxruntime - torch| accepted on `probs` and `cam` for an fp32 export.
+PARITY_TOLERANCE = 1e-4
+CAM_EPS = 1e-6
+#: Float initializers smaller than this stay float32 in an fp16 file (scalars, tiny biases).
+FP16_MIN_ELEMENTS = 16
+VERIFY_COUNT = 64
+
+
+class ExportParityError(RuntimeError):
+    """onnxruntime disagrees with torch on the exported network (nothing was written)."""
+
+
+class ProbsAndCam(nn.Module):
+    """The exported graph: one pass through the features gives both the class probabilities
+    and the CAM, so the app pays for the map only with one 1x1 convolution."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not (hasattr(model, "logits_and_cam")
+                or isinstance(getattr(model, "classifier", None), nn.Linear)):
+            raise TypeError(f"{type(model).__name__} has neither `logits_and_cam` nor "
+                            "`classifier: nn.Linear`; every expression network must follow "
+                            "the contract in models/__init__.py")
+        self.model = model
+
+    def logits_and_evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and raw per-class spatial evidence (before ReLU and scaling)."""
+        if hasattr(self.model, "logits_and_cam"):  # multi-stream heads compute their own
+            return self.model.logits_and_cam(x)
+        features = self.model.forward_features(x)
+        classifier: nn.Linear = self.model.classifier
+        logits = classifier(features.mean(dim=(2, 3)))
+        return logits, F.conv2d(features, classifier.weight[:, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, evidence = self.logits_and_evidence(x)
+        probs = F.softmax(logits, dim=1)
+        cam = F.relu(evidence)
+        cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
+        return probs, cam
+
+
+@dataclass
+class ExportReport:
+    """What the verification measured; written beside the ONNX as `<file>.export.json`."""
+
+    path: str
+    fp16: bool
+    size_bytes: int
+    sha256: str
+    batch: int
+    max_abs_diff_probs: float
+    max_abs_diff_cam: float
+    top1_agreement: float  # fraction of images whose ONNX argmax equals torch's
+    accuracy_torch: float | None  # percent, when labels were given
+    accuracy_onnx: float | None
+    contract_diff: float  # |classifier(gap(features)) - forward(x)| in torch
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """Class count from the linear head, or from `num_classes` on multi-stream networks."""
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        return classifier.out_features
+    return int(model.num_classes)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A digest of the weights themselves, for models exported straight from memory."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_verify_images(count: int = VERIFY_COUNT) -> list[np.ndarray]:
+    """Real faces for the parity check: the first FERPlus test PNGs under
+    $OCCLUFER_SHARED/data/ferplus (default ../shared); random data would not exercise the
+    ReLUs and the softmax the way faces do."""
+    shared = Path(os.environ.get("OCCLUFER_SHARED",
+                                 Path(__file__).resolve().parent.parent.parent / "shared"))
+    folder = shared / "data" / "ferplus" / "FER2013Test"
+    files = sorted(folder.glob("*.png"))[:count]
+    if not files:
+        raise FileNotFoundError(f"no FERPlus test images under {folder} for the parity check; "
+                                "pass verify_images or set OCCLUFER_SHARED")
+    return [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+
+
+def store_weights_fp16(proto) -> int:
+    """Rewrite float32 initializers as float16 + a Cast back to float32; returns how many.
+
+    Tensors that would overflow float16 (|w| > 65504) and tiny ones are left in float32.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    graph_inputs = {i.name for i in graph.input}
+    kept, casts, converted = [], [], 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in graph_inputs:
+            kept.append(init)
+            continue
+        array = numpy_helper.to_array(init)
+        half = array.astype(np.float16)
+        if array.size < FP16_MIN_ELEMENTS or not np.isfinite(half).all():
+            kept.append(init)
+            continue
+        stored = numpy_helper.from_array(half, f"{init.name}__fp16")
+        kept.append(stored)
+        casts.append(helper.make_node("Cast", [stored.name], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}__to_fp32"))
+        converted += 1
+    nodes = casts + list(graph.node)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted
+
+
+def _torch_outputs(wrapper: ProbsAndCam, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    with torch.no_grad():
+        tensor = torch.from_numpy(x)
+        probs, cam = wrapper(tensor)
+        logits = wrapper.model(tensor)
+        contract = float((F.softmax(logits, 1) - probs).abs().max())
+    return probs.numpy(), cam.numpy(), contract
+
+
+def verify(wrapper: ProbsAndCam, onnx_path: Path, x: np.ndarray, labels: np.ndarray | None,
+           fp16: bool) -> ExportReport:
+    """Compare onnxruntime with torch on batch `x` (and on its first image alone, which checks
+    the dynamic batch axis); raise ExportParityError when an fp32 export is off by more
+    than PARITY_TOLERANCE."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected_probs, expected_cam, contract = _torch_outputs(wrapper, x)
+    if contract > PARITY_TOLERANCE:
+        raise ExportParityError(
+            f"the network breaks the contract: the exported head (classifier on the pooled "
+            f"features, or logits_and_cam) differs from softmax(forward(x)) by {contract:.3g}")
+    probs, cam = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    single_probs, single_cam = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:1]})
+    for name, e, g in (("probs", expected_probs, probs), ("cam", expected_cam, cam)):
+        if e.shape != g.shape:
+            raise ExportParityError(f"ONNX {name} shape {g.shape} != torch {e.shape}")
+    diff_probs = max(float(np.abs(expected_probs - probs).max()),
+                     float(np.abs(expected_probs[:1] - single_probs).max()))
+    diff_cam = max(float(np.abs(expected_cam - cam).max()),
+                   float(np.abs(expected_cam[:1] - single_cam).max()))
+    if not fp16 and not (diff_probs < PARITY_TOLERANCE and diff_cam < PARITY_TOLERANCE):
+        raise ExportParityError(f"ONNX differs from torch: probs by {diff_probs:.3g}, cam by "
+                                f"{diff_cam:.3g} (limit {PARITY_TOLERANCE:g})")
+    agree = float(np.mean(expected_probs.argmax(1) == probs.argmax(1)))
+    acc_torch = acc_onnx = None
+    if labels is not None:
+        acc_torch = float(np.mean(expected_probs.argmax(1) == labels) * 100.0)
+        acc_onnx = float(np.mean(probs.argmax(1) == labels) * 100.0)
+    return ExportReport(path=str(onnx_path), fp16=fp16, size_bytes=onnx_path.stat().st_size,
+                        sha256="", batch=len(x), max_abs_diff_probs=diff_probs,
+                        max_abs_diff_cam=diff_cam, top1_agreement=agree,
+                        accuracy_torch=acc_torch, accuracy_onnx=acc_onnx, contract_diff=contract)
+
+
+def export_classifier_report(
+    model: nn.Module, spec: InputSpec, classes: Sequence[str], out: Path, fp16: bool = False,
+    opset: int = 17, *, model_name: str | None = None, source_checkpoint: Path | None = None,
+    verify_images: Sequence[np.ndarray] | None = None, verify_labels: np.ndarray | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> ExportReport:
+    """`export_classifier`, returning the verification measurements as well."""
+    import onnx
+
+    out = Path(out)
+    model = model.eval().cpu()
+    wrapper = ProbsAndCam(model).eval()
+    num_classes = num_classes_of(model)
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for a {num_classes}-class network")
+    images = list(verify_images) if verify_images is not None else default_verify_images()
+    x = prepare_batch(images, spec)
+    labels = None if verify_labels is None else np.asarray(verify_labels)[: len(images)]
+    name = model_name or getattr(model, "model_name", type(model).__name__)
+    if source_checkpoint is not None:
+        source = {"source_checkpoint": Path(source_checkpoint).name,
+                  "source_sha256": sha256_file(Path(source_checkpoint))}
+    else:
+        source = {"source_checkpoint": "in-memory", "source_sha256": state_dict_sha256(model)}
+    with torch.no_grad():
+        feature_shape = tuple(wrapper(torch.from_numpy(x[:1]))[1].shape[2:])
+    metadata = {
+        "model_name": name,
+        "classes": json.dumps(list(classes)),
+        "input": json.dumps(spec.to_manifest()),
+        "outputs": json.dumps({
+            "probs": f"(N, {num_classes}) softmax",
+            "cam": f"(N, {num_classes}, {feature_shape[0]}, {feature_shape[1]}) class activation "
+                   "maps, ReLU, each scaled to [0, 1] by its own max (bias excluded)"}),
+        "weights_dtype": "float16 (float32 compute)" if fp16 else "float32",
+        "exporter": "occlufer exporters/classifier.py",
+        **source,
+        **(extra_metadata or {}),
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".part", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        buffer = io.BytesIO()
+        dynamic = {INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}, "cam": {0: "batch"}}
+        with warnings.catch_warnings():
+            # torch 2.13 steers towards the dynamo exporter (needs onnxscript); the TorchScript
+            # exporter handles these plain CNNs exactly and needs nothing extra.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (torch.from_numpy(x[:2]),), buffer, dynamo=False,
+                              opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                              do_constant_folding=True)
+        proto = onnx.load_from_string(buffer.getvalue())
+        if fp16:
+            store_weights_fp16(proto)
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=str(value))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        report = verify(wrapper, tmp, x, labels, fp16)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.path, report.sha256 = str(out), sha256_file(out)
+    report.size_bytes = out.stat().st_size
+    sidecar = out.with_name(out.name + ".export.json")
+    sidecar.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
+def export_classifier(model: nn.Module, spec: InputSpec, classes: Sequence[str], out: Path,
+                      fp16: bool = False, opset: int = 17, **kwargs) -> Path:
+    """Export `model` to `out` (input `input`, outputs `probs` and `cam`, dynamic batch) and
+    verify it against torch on a real batch: fp32 must agree within PARITY_TOLERANCE on both
+    outputs; for fp16 the differences and accuracy change are measured and reported in
+    `<out>.export.json` instead. Keyword options: see `export_classifier_report`."""
+    return Path(export_classifier_report(model, spec, classes, out, fp16, opset, **kwargs).path)
+
+
+def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, dict]:
+    """A network rebuilt from a trainer checkpoint (`best.pt`/`last.pt`), in eval mode."""
+    from models import create_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = create_model(state["model_name"], **state["model_cfg"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="trainer best.pt / last.pt")
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--fp16", action="store_true", help="store weights as float16")
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    model, state = load_checkpoint_model(args.checkpoint)
+    spec = InputSpec.from_manifest(state["input_spec"])
+    try:
+        report = export_classifier_report(model, spec, state["classes"], args.out, args.fp16,
+                                          args.opset, model_name=state["model_name"],
+                                          source_checkpoint=args.checkpoint)
+    except ExportParityError as exc:
+        print(f"error: export rejected, nothing written: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

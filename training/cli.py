@@ -1,0 +1,133 @@
+"""Options and entry points of `occlufer train` and `occlufer eval`.
+
+`app/cli.py` owns the command and adds these options to its subparsers; this module keeps
+torch out of the import path until `train` actually runs (`eval` never needs torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from app.errors import OccluferError
+
+OCCLUSION_CHOICES = ("none", "masked", "sunglasses", "objects", "hands", "block_upper",
+                     "block_lower", "block_left", "block_right", "all")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="network name (models.registry), e.g. resnet18")
+    parser.add_argument("--dataset", default="ferplus", help="data set format (default ferplus)")
+    parser.add_argument("--data-root", required=True, type=Path, help="data set root folder")
+    parser.add_argument("--recipe", default="fast",
+                        help="recipe in training/recipes/<model>.py: fast (CPU) or paper")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out after its last finished epoch")
+    parser.add_argument("--no-occlusion-aug", dest="occlusion_aug", action="store_false",
+                        help="train without synthetic occluders")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folder (default runs/<model>_<recipe>)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only N training images (smoke tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="augmentation processes (default 0 on <= 2 cores; 0 = in the "
+                             "training process)")
+    parser.add_argument("--no-register", dest="register", action="store_false",
+                        help="do not copy the model into assets/ and the manifest")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="manifest to register in (default $OCCLUFER_MANIFEST or "
+                             "assets/manifest.json)")
+    parser.add_argument("--occlusion-dir", type=Path, default=None,
+                        help="where the occluded test sets are (default "
+                             "$OCCLUFER_CACHE/occlusion_sets or ~/.cache/occlufer/occlusion_sets)")
+    parser.add_argument("--build-occluded-sets", action="store_true",
+                        help="build missing occluded FERPlus test sets for the final evaluation "
+                             "(default: score only the sets that exist)")
+
+
+def _command_line() -> str | None:
+    """The command as typed when it came through `occlufer train`; None lets the trainer
+    write the equivalent command from its arguments."""
+    if sys.argv[1:2] == ["train"]:
+        return shlex.join(["occlufer", *sys.argv[1:]])
+    return None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.trainer import train
+
+    try:
+        result = train(args.model, args.dataset, args.data_root, args.recipe, args.device,
+                       epochs=args.epochs, resume=args.resume, out_dir=args.out,
+                       occlusion_aug=args.occlusion_aug, limit=args.limit, seed=args.seed,
+                       workers=args.workers, register=args.register, manifest=args.manifest,
+                       occlusion_dir=args.occlusion_dir,
+                       build_occluded=args.build_occluded_sets, command=_command_line())
+    except KeyError as exc:  # unknown model or recipe
+        raise OccluferError(str(exc.args[0])) from exc
+    print(f"wrote {result}")
+    return 0
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="model name from the manifest, or a path to an .onnx file")
+    parser.add_argument("--dataset", default="ferplus", help="ferplus, folder, rafdb, ...")
+    parser.add_argument("--root", required=True, type=Path, help="data set root folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--occlusion", default="none", choices=OCCLUSION_CHOICES,
+                        help="score on a synthetic occluded copy of the split (ferplus; built "
+                             "on first use); `all` = clean plus the four test-set kinds")
+    parser.add_argument("--occlusion-dir", type=Path, default=None,
+                        help="where occluded sets live (default $OCCLUFER_CACHE/occlusion_sets "
+                             "or ~/.cache/occlufer/occlusion_sets)")
+    parser.add_argument("--report", required=True, type=Path,
+                        help="folder for report.json and confusion_matrix.png")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="manifest for --model NAME (default $OCCLUFER_MANIFEST or "
+                             "assets/manifest.json)")
+
+
+def resolve_model_file(model: str, manifest: Path | None = None) -> Path:
+    """An existing .onnx path as given, else the manifest entry's file (relative to the
+    manifest's folder for shipped assets, the store otherwise)."""
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".onnx" or path.is_file():
+        if not path.is_file():
+            raise OccluferError(f"model file not found: {path}")
+        return path
+    from app.runtime.store import ModelStore
+
+    return ModelStore(manifest=manifest).path(model)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    onnx_path = resolve_model_file(args.model, args.manifest)
+    kinds = ["none", "masked", "sunglasses", "objects", "hands"] if args.occlusion == "all" \
+        else [args.occlusion]
+    summary = {}
+    for kind in kinds:
+        report_dir = args.report if len(kinds) == 1 else args.report / kind
+        report = evaluate(onnx_path, args.dataset, args.root, args.split, occlusion=kind,
+                          occlusion_dir=args.occlusion_dir, report_dir=report_dir,
+                          device=args.device, batch=args.batch)
+        summary[kind] = report
+        print(f"{report['dataset']} {report['split']} occlusion={report['occlusion']}: "
+              f"accuracy {report['accuracy']:.2f}%  macro-F1 {report['macro_f1']:.2f}  "
+              f"n={report['n']}  -> {report_dir / 'report.json'}")
+    if len(kinds) > 1:
+        table = {k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"], "n": v["n"]}
+                 for k, v in summary.items()}
+        (args.report / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
+    return 0

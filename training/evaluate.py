@@ -1,0 +1,241 @@
+"""Score an exported expression model (ONNX) on a labelled split, the way the app runs it.
+
+No torch here: the model runs in onnxruntime through `app.runtime.providers.create_session`,
+and its pixels go through `app.pipeline.preprocess.prepare_batch` with the InputSpec stored in
+the ONNX file's own metadata, so the number reported is the number a user gets live.
+
+Occluded FERPlus test sets (`--occlusion masked|sunglasses|objects|hands|...`) are read from
+`occlusion_dir/<kind>/` and built there with `training.occlusion.write_test_sets` the first
+time they are asked for (default `$OCCLUFER_CACHE/occlusion_sets`, else
+`~/.cache/occlufer/occlusion_sets`).
+
+Outputs in `report_dir`: `report.json` and `confusion_matrix.png` (rows = true class,
+normalised to 1, each cell also showing its count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from app.errors import DatasetError, OccluferError
+from app.pipeline.preprocess import InputSpec, prepare_batch
+from app.runtime.providers import create_session, session_provider
+from training.data import load_split
+
+CLEAN = ("none", "clean", "")
+
+
+def default_occlusion_dir() -> Path:
+    """$OCCLUFER_CACHE/occlusion_sets, else ~/.cache/occlufer/occlusion_sets (XDG)."""
+    if os.environ.get("OCCLUFER_CACHE"):
+        return Path(os.environ["OCCLUFER_CACHE"]) / "occlusion_sets"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "occlufer" / "occlusion_sets"
+
+
+def model_metadata(session) -> tuple[InputSpec, tuple[str, ...], dict[str, str]]:
+    """InputSpec and class names from the model's ONNX metadata (written by the exporter)."""
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if "input" not in meta or "classes" not in meta:
+        raise OccluferError("this ONNX file has no occlufer metadata (`input`, `classes`); "
+                            "export it with exporters/classifier.py")
+    spec = InputSpec.from_manifest(json.loads(meta["input"]))
+    return spec, tuple(json.loads(meta["classes"])), meta
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def occluded_set_ready(kind_root: Path, split_folder: str) -> bool:
+    """True when every image listed in the set's label.csv has been written (a build that
+    was killed halfway leaves fewer PNGs than label rows and is built again)."""
+    folder = kind_root / split_folder
+    labels = folder / "label.csv"
+    if not labels.is_file():
+        return False
+    rows = sum(1 for line in labels.read_text().splitlines() if line.strip())
+    return sum(1 for _ in folder.glob("*.png")) >= rows
+
+
+def occluded_root(ferplus_root: Path, kind: str, split: str = "test",
+                  occlusion_dir: Path | None = None, build: bool = True) -> Path:
+    """The FERPlus root of the `kind`-occluded copy of `split`, built first if missing."""
+    from training.data.ferplus import SPLIT_FOLDERS
+    from training.occlusion import KINDS, write_test_sets
+
+    if kind not in KINDS:
+        raise OccluferError(f"unknown occlusion {kind!r}; use none or one of {', '.join(KINDS)}")
+    base = Path(occlusion_dir) if occlusion_dir else default_occlusion_dir()
+    root = base / kind
+    if not occluded_set_ready(root, SPLIT_FOLDERS[split]):
+        if not build:
+            raise DatasetError(f"occluded set {root} does not exist; build it with "
+                               f"`occlufer occlude --data-root {ferplus_root} --out {base}`")
+        write_test_sets(Path(ferplus_root), base, [kind], split=split)
+    return root
+
+
+def predict(session, images: Sequence[np.ndarray] | np.ndarray, spec: InputSpec,
+            batch: int = 256, desc: str = "evaluating") -> np.ndarray:
+    """(N, C) probabilities for uint8 crops, in batches, with a progress bar."""
+    name = session.get_inputs()[0].name
+    chunks = []
+    with tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr,
+              disable=None, leave=False) as bar:
+        for start in range(0, len(images), batch):
+            crops = images[start:start + batch]
+            (probs,) = session.run(["probs"], {name: prepare_batch(crops, spec)})
+            chunks.append(np.asarray(probs, np.float32))
+            bar.update(len(crops))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def classification_metrics(true: np.ndarray, pred: np.ndarray, n_true: int,
+                           n_pred: int) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class recall from integer labels.
+
+    `true` indexes the data set's classes and `pred` the model's, already mapped so equal
+    indices mean the same class (extra model classes sit after the data set's). Macro-F1
+    averages over the classes present in the truth or the predictions (scikit-learn's
+    default), so a class nobody has and nobody predicts does not count as F1 = 0.
+    """
+    confusion = np.zeros((n_true, n_pred), np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    n = int(len(true))
+    correct = int(sum(confusion[i, i] for i in range(min(n_true, n_pred))))
+    f1s = []
+    for c in range(max(n_true, n_pred)):
+        tp = int(confusion[c, c]) if c < min(n_true, n_pred) else 0
+        support = int(confusion[c].sum()) if c < n_true else 0
+        predicted = int(confusion[:, c].sum()) if c < n_pred else 0
+        if support == 0 and predicted == 0:
+            continue
+        f1s.append(2.0 * tp / (support + predicted))
+    recall = [float(confusion[c, c] / confusion[c].sum() * 100.0)
+              if confusion[c].sum() and c < n_pred else None for c in range(n_true)]
+    return {"accuracy": correct / n * 100.0 if n else 0.0,
+            "macro_f1": float(np.mean(f1s) * 100.0) if f1s else 0.0,
+            "per_class_recall": recall, "confusion": confusion, "n": n, "correct": correct}
+
+
+def plot_confusion(confusion: np.ndarray, true_names: Sequence[str], pred_names: Sequence[str],
+                   title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix with percent and count in every cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(pred_names), 1.2 + 0.8 * len(true_names)),
+                           dpi=110)
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            ax.text(j, i, f"{share[i, j] * 100:.0f}%\n{confusion[i, j]}", ha="center",
+                    va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(pred_names)), pred_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(true_names)),
+                  [f"{name} ({int(r)})" for name, r in zip(true_names, rows[:, 0])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (count)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
+             occlusion: str | None = None, occlusion_dir: Path | None = None,
+             report_dir: Path | None = None, device: str = "cpu", batch: int = 256,
+             limit: int | None = None, build_occluded: bool = True) -> dict[str, Any]:
+    """Run `onnx_path` on `dataset`/`split` (optionally an occluded copy) and report.
+
+    Returns the report dict (also written to `report_dir/report.json` with
+    `confusion_matrix.png` beside it). `limit` scores only the first N images (tests).
+    """
+    onnx_path, root = Path(onnx_path), Path(root).expanduser()
+    report_dir = Path(report_dir) if report_dir else onnx_path.parent / "reports" / split
+    occlusion = None if occlusion is None or occlusion.lower() in CLEAN else occlusion
+    session = create_session(onnx_path, device)
+    spec, model_classes, meta = model_metadata(session)
+
+    data_root = root
+    if occlusion is not None:
+        if dataset.lower() != "ferplus":
+            raise OccluferError("occluded test sets are built from FERPlus; use --dataset ferplus")
+        data_root = occluded_root(root, occlusion, split, occlusion_dir, build=build_occluded)
+    data = load_split(dataset, data_root, split, "majority")
+    images, labels = data.images, data.labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+
+    # Model classes may be a superset (8-way model on a 7-class folder) or in another order:
+    # match by name; predictions of classes the data set lacks count as wrong.
+    pred_names = [c for c in data.classes if c in model_classes] + \
+                 [c for c in model_classes if c not in data.classes]
+    to_report = np.array([pred_names.index(c) for c in model_classes])
+    if any(c not in model_classes for c in data.classes):
+        missing = [c for c in data.classes if c not in model_classes]
+        raise OccluferError(f"the model has no class {', '.join(missing)} that the data set uses")
+
+    started = time.perf_counter()
+    probs = predict(session, images, spec, batch, desc=f"eval {occlusion or 'clean'}")
+    seconds = time.perf_counter() - started
+    pred = to_report[probs.argmax(axis=1)]
+    metrics = classification_metrics(labels, pred, len(data.classes), len(pred_names))
+    recall = metrics["per_class_recall"]
+    report = {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class_accuracy": {name: recall[i] for i, name in enumerate(data.classes)},
+        "per_class_count": {name: int(metrics["confusion"][i].sum())
+                            for i, name in enumerate(data.classes)},
+        "n": metrics["n"],
+        "correct": metrics["correct"],
+        "dataset": dataset,
+        "root": str(root),
+        "split": split,
+        "occlusion": occlusion or "none",
+        "occlusion_root": str(data_root) if occlusion else None,
+        "classes": list(data.classes),
+        "model_classes": list(model_classes),
+        "confusion": metrics["confusion"].tolist(),
+        "confusion_columns": pred_names,
+        "model": str(onnx_path),
+        "model_name": meta.get("model_name"),
+        "model_sha256": sha256_file(onnx_path),
+        "input": spec.to_manifest(),
+        "provider": session_provider(session),
+        "images_per_second": metrics["n"] / seconds if seconds > 0 else None,
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tmp = report_dir / "report.json.part"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, report_dir / "report.json")
+    title = (f"{meta.get('model_name', onnx_path.stem)} on {dataset} {split}"
+             f"{'' if occlusion is None else ' + ' + occlusion}: "
+             f"{report['accuracy']:.2f}% (n={report['n']})")
+    plot_confusion(metrics["confusion"], data.classes, pred_names, title,
+                   report_dir / "confusion_matrix.png")
+    return report

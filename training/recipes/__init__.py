@@ -1,0 +1,66 @@
+"""Training recipes: one file per network, each holding named `Recipe`s.
+
+`paper` reproduces the literature's numbers for the network; `fast` is our CPU variant that
+fits about two hours on a 2-core machine. The trainer looks a recipe up by
+(network name, recipe name), so `occlufer train --model resnet18 --recipe fast` needs no code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from training.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a training run besides data, seed and device."""
+
+    name: str
+    model_cfg: dict[str, Any]  # keyword arguments for models.create_model
+    size: int  # input side in pixels (InputSpec.size)
+    epochs: int
+    batch_size: int
+    lr: float  # peak learning rate, reached after warmup
+    weight_decay: float
+    momentum: float = 0.9
+    nesterov: bool = True
+    optimizer: str = "sgd"  # sgd | adamw
+    schedule: str = "cosine"  # cosine | step
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the epochs
+    gamma: float = 0.1
+    warmup_epochs: float = 1.0
+    label_mode: str = "majority"  # FERPlus label mode for the training split
+    label_smoothing: float = 0.0
+    patience: int = 10  # epochs without a better FER2013Valid accuracy before stopping
+    color: str = "gray"  # InputSpec colour; gray faces are replicated to 3 channels
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_epochs(self, epochs: int | None) -> "Recipe":
+        return self if epochs is None else replace(self, epochs=int(epochs))
+
+
+def get_recipe(model_name: str, recipe: str) -> Recipe:
+    """The recipe `recipe` of network `model_name` (from `training/recipes/<model_name>.py`)."""
+    try:
+        module = importlib.import_module(f"training.recipes.{model_name}")
+    except ModuleNotFoundError as exc:
+        raise KeyError(f"no recipes for model {model_name!r} (expected "
+                       f"training/recipes/{model_name}.py)") from exc
+    recipes: dict[str, Recipe] = module.RECIPES
+    if recipe not in recipes:
+        raise KeyError(f"model {model_name!r} has recipes {', '.join(recipes)}, not {recipe!r}")
+    return recipes[recipe]
+
+
+def recipe_names(model_name: str) -> list[str]:
+    try:
+        return list(importlib.import_module(f"training.recipes.{model_name}").RECIPES)
+    except ModuleNotFoundError:
+        return []

@@ -1,0 +1,728 @@
+"""Train an expression network, then export, evaluate, document and register it.
+
+One call does the whole life of a model, so every published number has a reproducible path:
+
+    train("resnet18", "ferplus", root, "fast", "cpu", out_dir=Path("runs/resnet18_fast"))
+
+1. data: `training.data.load_split` (train / FER2013Valid), optionally the first `limit`
+   images of a seeded shuffle; augmentation from `training/augment.py`, with synthetic
+   occluders from `training.occlusion` on half of the faces when `occlusion_aug` is on;
+2. training: SGD/AdamW with warmup + cosine (or step) per iteration, AMP on CUDA (bf16 where
+   supported, else fp16 with a GradScaler), a tqdm bar with loss / accuracy / img/s, one
+   `metrics.csv` row per epoch (TensorBoard too, only if it happens to be installed);
+3. checkpoints: `last.pt` after every epoch (model, optimiser, scheduler, scaler, epoch, best
+   metric, history, RNG states) and `best.pt` on every new best FER2013Valid accuracy, both
+   written atomically. `resume=True` restarts after the last finished epoch and, because
+   every sample's augmentation is seeded by (seed, epoch, index) and the torch RNG state is
+   restored, produces the same weights as a run that was never interrupted;
+4. early stopping when FER2013Valid accuracy has not improved for `recipe.patience` epochs;
+5. the best weights go through `exporters/classifier.py` (fp16 when its validation accuracy
+   is within 0.3 points of fp32), `training/evaluate.py` scores the ONNX on the clean test
+   split and on every occluded test set that exists, a model card is written next to the
+   weights, and the model is registered in the store manifest (`exporters/manifest.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from app import REPO_ROOT
+from app.errors import DatasetError, OccluferError
+from app.pipeline.preprocess import InputSpec
+from training.augment import AugmentConfig, augment_batch
+from training.data import load_split
+from training.recipes import Recipe, get_recipe
+
+FP16_TOLERANCE_POINTS = 0.3  # fp16 export is kept when it loses at most this much accuracy
+VALID_FRACTION = 0.1  # held out of train when a data set has no validation split
+LICENCE = ("MIT (occlufer-trained weights). Training data: FER-2013 images (ICML 2013 "
+           "representation-learning challenge; its terms of use apply) with FERPlus labels "
+           "(Microsoft, MIT).")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class SplitArrays:
+    """Packed images + targets of one split as the trainer consumes them."""
+
+    images: np.ndarray
+    labels: np.ndarray  # (N,) int64
+    soft: np.ndarray | None  # (N, C) float32 for soft-label modes
+    classes: tuple[str, ...]
+    source: str  # where the split came from, for the model card
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Map-style dataset whose keys are whole batches `(epoch, indices)`.
+
+    A worker builds a full batch (augment + `prepare_batch`) in one go; the key carries the
+    epoch, so each sample's generator is known without any state shared with workers.
+    """
+
+    def __init__(self, split: SplitArrays, spec: InputSpec, augment: AugmentConfig | None,
+                 occlusion: bool, seed: int, label_mode: str) -> None:
+        self.split, self.spec, self.augment = split, spec, augment
+        self.occlusion, self.seed, self.label_mode = occlusion, seed, label_mode
+
+    def __len__(self) -> int:  # only for DataLoader's bookkeeping
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, indices = key
+        x = augment_batch(self.split.images, indices, epoch, self.seed, self.spec, self.augment,
+                          self.occlusion)
+        idx = np.asarray(indices)
+        if self.split.soft is None:
+            target = torch.from_numpy(self.split.labels[idx])
+        elif self.label_mode == "probability":
+            # one label per sample and epoch, drawn from the annotators' distribution
+            rng = np.random.default_rng([self.seed, epoch, 7919])
+            cumulative = np.cumsum(self.split.soft[idx], axis=1)
+            draws = rng.random(len(idx))[:, None]
+            target = torch.from_numpy((draws > cumulative).sum(axis=1).astype(np.int64))
+        else:
+            target = torch.from_numpy(self.split.soft[idx])
+        return torch.from_numpy(x), target
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Augmentation processes: none on a 2-core machine (measured: a worker only competes
+    with torch's two threads there, 113 vs 118 img/s), else most of the spare cores."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 2)
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int,
+                  drop_last: bool = True) -> list[tuple[int, tuple[int, ...]]]:
+    """The batches of one epoch: a permutation seeded by (seed, epoch) only."""
+    order = np.random.default_rng([int(seed), int(epoch), 104729]).permutation(n)
+    stop = (n // batch_size) * batch_size if drop_last and n >= batch_size else n
+    return [(epoch, tuple(int(i) for i in order[s:s + batch_size]))
+            for s in range(0, stop, batch_size)]
+
+
+def load_training_data(dataset: str, root: Path, label_mode: str, limit: int | None,
+                       seed: int, val_limit: int | None) -> tuple[SplitArrays, SplitArrays]:
+    """Train and validation splits; a data set without a validation split gives up a
+    seeded 10 % of its training images instead."""
+    train = load_split(dataset, root, "train", label_mode)
+    try:
+        valid = load_split(dataset, root, "valid", "majority")
+        valid_arrays = SplitArrays(valid.images, valid.labels, None, valid.classes,
+                                   f"{dataset} valid")
+        train_idx = np.arange(len(train))
+    except DatasetError:
+        order = np.random.default_rng([seed, 31337]).permutation(len(train))
+        n_val = max(1, int(round(len(train) * VALID_FRACTION)))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        valid_arrays = SplitArrays(train.images[val_idx], train.labels[val_idx], None,
+                                   train.classes,
+                                   f"{dataset} train (held-out {VALID_FRACTION:.0%})")
+    if limit is not None and limit < len(train_idx):
+        chosen = np.random.default_rng([seed, 271828]).permutation(len(train_idx))[:limit]
+        train_idx = train_idx[np.sort(chosen)]
+    if val_limit is not None:
+        valid_arrays = SplitArrays(valid_arrays.images[:val_limit], valid_arrays.labels[:val_limit],
+                                   None, valid_arrays.classes, valid_arrays.source)
+    soft = None if train.soft_labels is None else train.soft_labels[train_idx]
+    train_arrays = SplitArrays(train.images[train_idx], train.labels[train_idx], soft,
+                               train.classes, f"{dataset} train")
+    return train_arrays, valid_arrays
+
+
+# --------------------------------------------------------------------------- optimisation
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only: decaying BN scales and biases only hurts."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                               nesterov=recipe.nesterov)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def lr_factor(step: int, total: int, warmup: int, recipe: Recipe) -> float:
+    """Multiplier of the peak lr at iteration `step`: linear warmup, then cosine or steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if recipe.schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if recipe.schedule == "step":
+        passed = sum(step >= m * total for m in recipe.milestones)
+        return recipe.gamma ** passed
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = recipe.epochs * steps_per_epoch
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, recipe))
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if target.ndim == 1:
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
+    soft = target * (1.0 - smoothing) + smoothing / target.shape[1]
+    return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------- state
+@dataclass
+class RunState:
+    """Progress that a checkpoint must carry besides the tensors."""
+
+    epoch: int = 0  # finished epochs
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- provenance
+def git_commit() -> str:
+    """HEAD of the repository, marked when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return "uncommitted"
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=30)
+        suffix = " (with uncommitted changes)" if dirty.stdout.strip() else ""
+        return head.stdout.strip() + suffix
+    except (OSError, subprocess.SubprocessError):
+        return "uncommitted"
+
+
+def hardware(device: str) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} " \
+           f"({torch.get_num_threads()} threads)"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OccluferError("--device cuda was asked for but this torch build sees no CUDA GPU "
+                            f"(torch {torch.__version__}); use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise OccluferError(f"unknown device {device!r}: use cpu, cuda or auto")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- loops
+def evaluate_torch(model: nn.Module, x: torch.Tensor, labels: np.ndarray, device: torch.device,
+                   amp_dtype: torch.dtype | None, batch: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy %) of `model` on a prepared, unaugmented split."""
+    model.eval()
+    losses, correct = 0.0, 0
+    y = torch.from_numpy(labels)
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            xb = x[start:start + batch].to(device, non_blocking=True)
+            yb = y[start:start + batch].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xb)
+            losses += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    return losses / max(1, len(x)), correct / max(1, len(x)) * 100.0
+
+
+def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional and not a dependency
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def default_entry_name(model_name: str, recipe: str, dataset: str, occlusion_aug: bool) -> str:
+    name = f"{model_name}_{recipe}"
+    if dataset.lower() != "ferplus":
+        name += f"_{dataset.lower()}"
+    return name if occlusion_aug else name + "_noocc"
+
+
+def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
+          device: str = "cpu", epochs: int | None = None, resume: bool = False,
+          out_dir: Path | None = None, occlusion_aug: bool = True, limit: int | None = None,
+          seed: int = 0, *, workers: int | None = None, val_limit: int | None = None,
+          test_limit: int | None = None, stop_after: int | None = None, finalize: bool = True,
+          register: bool = True, manifest: Path | None = None, entry_name: str | None = None,
+          occlusion_dir: Path | None = None, build_occluded: bool = False,
+          command: str | None = None, progress: bool = True) -> Path:
+    """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
+    `finalize` is off or `stop_after` ended the run early).
+
+    `stop_after=k` stops after k finished epochs as if the process had been killed (tests);
+    `workers` augmentation processes (default: `default_workers()`, 0 = in-process);
+    `build_occluded` builds missing occluded FERPlus test sets before the final evaluation
+    (otherwise only the sets that already exist in `occlusion_dir` are scored);
+    `val_limit`/`test_limit` score only the first N images (smoke tests);
+    `manifest` overrides $OCCLUFER_MANIFEST / assets/manifest.json for `register`.
+    """
+    from models import create_model
+
+    started_wall = time.perf_counter()
+    recipe_obj = get_recipe(model_name, recipe) if isinstance(recipe, str) else recipe
+    recipe_obj = recipe_obj.with_epochs(epochs)
+    name = entry_name or default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug)
+    data_root = Path(data_root).expanduser().resolve()
+    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists() and not resume:
+        raise OccluferError(f"{out_dir} already holds a run (last.pt); pass --resume to continue "
+                            "it or --out to start a new one")
+    torch_device = resolve_device(device)
+    command = command or _equivalent_command(model_name, dataset, data_root, recipe_obj.name,
+                                             device, epochs, resume, out_dir, occlusion_aug,
+                                             limit, seed)
+    seed_everything(seed)
+
+    train_data, valid_data = load_training_data(dataset, data_root, recipe_obj.label_mode, limit,
+                                                seed, val_limit)
+    classes = train_data.classes
+    spec = InputSpec(size=recipe_obj.size, color=recipe_obj.color)  # type: ignore[arg-type]
+    model_cfg = {**recipe_obj.model_cfg, "num_classes": len(classes), "in_chans": spec.channels}
+    model = create_model(model_name, **model_cfg).to(torch_device)
+    optimizer = make_optimizer(model, recipe_obj)
+    batch_size = min(recipe_obj.batch_size, len(train_data))
+    steps_per_epoch = len(epoch_batches(len(train_data), batch_size, 0, seed))
+    scheduler = make_scheduler(optimizer, recipe_obj, steps_per_epoch)
+    amp_dtype = None
+    if torch_device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    identity = {"model_name": model_name, "dataset": dataset, "recipe": recipe_obj.name,
+                "seed": seed, "limit": limit, "occlusion_aug": occlusion_aug}
+    state = RunState()
+    if resume and last_path.exists():
+        checkpoint = torch.load(last_path, map_location=torch_device, weights_only=False)
+        mismatched = {k: (checkpoint["identity"].get(k), v) for k, v in identity.items()
+                      if checkpoint["identity"].get(k) != v}
+        if mismatched:
+            raise OccluferError(f"cannot resume {last_path}: it was started with different "
+                                f"settings (saved, now): {mismatched}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = RunState(**checkpoint["state"])
+        restore_rng_states(checkpoint["rng"])
+        if checkpoint["recipe"]["epochs"] != recipe_obj.epochs:
+            tqdm.write(f"note: resuming a {checkpoint['recipe']['epochs']}-epoch run as a "
+                       f"{recipe_obj.epochs}-epoch run; the lr schedule is stretched from here")
+        tqdm.write(f"resuming {last_path} after epoch {state.epoch} "
+                   f"(best FER2013Valid {state.best_acc:.2f}% at epoch {state.best_epoch})")
+    elif resume:
+        tqdm.write(f"no checkpoint in {out_dir}; starting a new run")
+
+    n_workers = default_workers() if workers is None else workers
+    source = BatchSource(train_data, spec, recipe_obj.augment, occlusion_aug, seed,
+                         recipe_obj.label_mode)
+    valid_x = torch.from_numpy(augment_batch(valid_data.images, range(len(valid_data)), 0, seed,
+                                             spec, None, False))
+    board = _tensorboard(out_dir)
+    interactive = sys.stderr.isatty()
+
+    while (state.epoch < recipe_obj.epochs and not state.stopped_early
+           and (stop_after is None or state.epoch < stop_after)):
+        epoch = state.epoch
+        batches = epoch_batches(len(train_data), batch_size, epoch, seed)
+        loader = torch.utils.data.DataLoader(
+            source, batch_size=None, sampler=batches, num_workers=n_workers,
+            prefetch_factor=4 if n_workers else None, worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(seed), pin_memory=torch_device.type == "cuda")
+        model.train()
+        seen, correct, loss_sum, epoch_start = 0, 0, 0.0, time.perf_counter()
+        bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
+                   unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.5 if interactive else 30.0)
+        for x, target in bar:
+            x = x.to(torch_device, non_blocking=True)
+            target = target.to(torch_device, non_blocking=True)
+            with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                if hasattr(model, "training_loss"):  # see the contract in models/__init__.py
+                    loss, logits = model.training_loss(x, target, recipe_obj.label_smoothing)
+                    loss = loss.float()
+                else:
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), target, recipe_obj.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            hard = target if target.ndim == 1 else target.argmax(1)
+            seen += len(x)
+            correct += int((logits.argmax(1) == hard).sum())
+            loss_sum += float(loss.detach()) * len(x)
+            rate = seen / max(1e-9, time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen * 100:.1f}",
+                            img_s=f"{rate:.0f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - epoch_start
+        val_loss, val_acc = evaluate_torch(model, valid_x, valid_data.labels, torch_device,
+                                           amp_dtype)
+        state.epoch += 1
+        state.train_seconds += seconds
+        improved = val_acc > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch, state.stale = val_acc, state.epoch, 0
+        else:
+            state.stale += 1
+        state.stopped_early = state.stale >= recipe_obj.patience
+        row = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"],
+               "train_loss": round(loss_sum / max(1, seen), 5),
+               "train_acc": round(correct / max(1, seen) * 100, 3),
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 3),
+               "best_val_acc": round(state.best_acc, 3), "images": seen,
+               "seconds": round(seconds, 1), "img_per_s": round(seen / max(1e-9, seconds), 1),
+               "finished": dt.datetime.now().isoformat(timespec="seconds")}
+        state.history.append(row)
+        payload = {"model": model.state_dict(), "model_name": model_name, "model_cfg": model_cfg,
+                   "classes": list(classes), "input_spec": spec.to_manifest(),
+                   "recipe": recipe_obj.to_dict(), "identity": identity,
+                   "data_root": str(data_root), "epoch": state.epoch}
+        if improved:
+            save_atomic(payload, best_path)
+        save_atomic({**payload, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "state": asdict(state), "rng": rng_states()}, last_path)
+        write_metrics_csv(state.history, out_dir / "metrics.csv")
+        if board is not None:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s"):
+                board.add_scalar(key, row[key], state.epoch)
+        tqdm.write(f"epoch {state.epoch}/{recipe_obj.epochs}: train loss {row['train_loss']:.4f} "
+                   f"acc {row['train_acc']:.2f}% | valid loss {val_loss:.4f} acc {val_acc:.2f}% "
+                   f"(best {state.best_acc:.2f}% @ {state.best_epoch}) | "
+                   f"{row['img_per_s']:.0f} img/s, {seconds / 60:.1f} min"
+                   + (" | early stop" if state.stopped_early else ""))
+    if board is not None:
+        board.close()
+
+    done = state.epoch >= recipe_obj.epochs or state.stopped_early
+    if not finalize or not done:
+        return last_path
+    return finalize_run(
+        out_dir=out_dir, name=name, dataset=dataset, data_root=data_root, valid=valid_data,
+        train_count=len(train_data), state=state, recipe=recipe_obj, command=command,
+        device=device, test_limit=test_limit, register=register, manifest=manifest,
+        occlusion_dir=occlusion_dir, build_occluded=build_occluded, occlusion_aug=occlusion_aug,
+        wall_seconds=time.perf_counter() - started_wall)
+
+
+def _equivalent_command(model_name: str, dataset: str, data_root: Path, recipe: str, device: str,
+                        epochs: int | None, resume: bool, out_dir: Path, occlusion_aug: bool,
+                        limit: int | None, seed: int) -> str:
+    parts = ["occlufer", "train", "--model", model_name, "--dataset", dataset, "--data-root",
+             str(data_root), "--recipe", recipe, "--device", device, "--out", str(out_dir)]
+    if epochs is not None:
+        parts += ["--epochs", str(epochs)]
+    if limit is not None:
+        parts += ["--limit", str(limit)]
+    if seed:
+        parts += ["--seed", str(seed)]
+    if not occlusion_aug:
+        parts.append("--no-occlusion-aug")
+    if resume:
+        parts.append("--resume")
+    return shlex.join(parts)
+
+
+# --------------------------------------------------------------------------- after training
+def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, valid: SplitArrays,
+                 train_count: int, state: RunState, recipe: Recipe, command: str, device: str,
+                 test_limit: int | None, register: bool, manifest: Path | None,
+                 occlusion_dir: Path | None, build_occluded: bool, occlusion_aug: bool,
+                 wall_seconds: float) -> Path:
+    """Export the best weights (fp16 if it holds accuracy), evaluate, write the card, register."""
+    from exporters.classifier import export_classifier_report, load_checkpoint_model
+    from training.evaluate import (evaluate, model_metadata, occluded_root, predict)
+    from app.runtime.providers import create_session
+
+    best_path = out_dir / "best.pt"
+    model, checkpoint = load_checkpoint_model(best_path)
+    spec = InputSpec.from_manifest(checkpoint["input_spec"])
+    classes = tuple(checkpoint["classes"])
+    verify_n = min(256, len(valid))
+    verify = dict(model_name=checkpoint["model_name"], source_checkpoint=best_path,
+                  verify_images=list(valid.images[:verify_n]),
+                  verify_labels=valid.labels[:verify_n],
+                  extra_metadata={"recipe": recipe.name, "trained_on": dataset,
+                                  "entry_name": name})
+    exports, valid_acc = {}, {}
+    for variant, fp16 in (("fp32", False), ("fp16", True)):
+        path = out_dir / f"{name}_{variant}.onnx"
+        exports[variant] = export_classifier_report(model, spec, classes, path, fp16=fp16, **verify)
+        session = create_session(path, "cpu")
+        probs = predict(session, valid.images, spec, desc=f"valid {variant}")
+        valid_acc[variant] = float(np.mean(probs.argmax(1) == valid.labels) * 100.0)
+    use_fp16 = valid_acc["fp16"] >= valid_acc["fp32"] - FP16_TOLERANCE_POINTS
+    chosen = "fp16" if use_fp16 else "fp32"
+    final = out_dir / f"{name}.onnx"
+    os.replace(out_dir / f"{name}_{chosen}.onnx", final)
+    os.replace(out_dir / f"{name}_{chosen}.onnx.export.json", out_dir / f"{name}.onnx.export.json")
+    other = "fp32" if use_fp16 else "fp16"
+    (out_dir / f"{name}_{other}.onnx").unlink(missing_ok=True)
+    (out_dir / f"{name}_{other}.onnx.export.json").unlink(missing_ok=True)
+    tqdm.write(f"exported {final} ({chosen}; FER2013Valid fp32 {valid_acc['fp32']:.2f}% "
+               f"fp16 {valid_acc['fp16']:.2f}%)")
+
+    reports: dict[str, dict[str, Any]] = {}
+    try:
+        reports["clean"] = evaluate(final, dataset, data_root, "test",
+                                    report_dir=out_dir / "reports" / "test_clean",
+                                    limit=test_limit)
+    except DatasetError as exc:
+        tqdm.write(f"no test split evaluated: {exc}")
+    if dataset.lower() == "ferplus":
+        from training.occlusion import TEST_SET_KINDS
+
+        for kind in TEST_SET_KINDS:
+            try:
+                occluded_root(data_root, kind, "test", occlusion_dir, build=build_occluded)
+            except DatasetError:
+                continue
+            reports[kind] = evaluate(final, dataset, data_root, "test", occlusion=kind,
+                                     occlusion_dir=occlusion_dir,
+                                     report_dir=out_dir / "reports" / f"test_{kind}",
+                                     limit=test_limit, build_occluded=False)
+    for kind, report in reports.items():
+        tqdm.write(f"test {kind}: {report['accuracy']:.2f}% (macro-F1 {report['macro_f1']:.2f}, "
+                   f"n={report['n']})")
+
+    session = create_session(final, "cpu")
+    outputs = json.loads(model_metadata(session)[2].get("outputs", "{}"))
+    feature_map = outputs.get("cam", "")
+    card = write_card(out_dir / f"{name}.md", name=name, checkpoint=checkpoint, recipe=recipe,
+                      command=command, dataset=dataset, data_root=data_root,
+                      train_count=train_count, valid=valid, state=state, device=device,
+                      wall_seconds=wall_seconds, reports=reports, valid_acc=valid_acc,
+                      chosen=chosen, export=exports[chosen], final=final,
+                      occlusion_aug=occlusion_aug, outputs=feature_map,
+                      params=sum(p.numel() for p in model.parameters()))
+    if register:
+        publish(name, final, card, spec, classes, recipe, reports, dataset, manifest)
+    return final
+
+
+def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, command: str,
+               dataset: str, data_root: Path, train_count: int, valid: SplitArrays,
+               state: RunState, device: str, wall_seconds: float,
+               reports: dict[str, dict[str, Any]], valid_acc: dict[str, float], chosen: str,
+               export: Any, final: Path, occlusion_aug: bool, outputs: str,
+               params: int) -> Path:
+    """A model card in the OpenCV Zoo / py-feat spirit: what it is, how it was made, how good."""
+    from training.evaluate import sha256_file
+
+    occlusion_text = (f"on (p_clean {recipe.augment.occlusion_p_clean})" if occlusion_aug
+                      else "off")
+    lines = [
+        f"# {name} — facial expression classifier",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Network | `{checkpoint['model_name']}` {checkpoint['model_cfg']} |",
+        f"| Recipe | `{recipe.name}`: {recipe.description} |",
+        f"| Classes | {', '.join(checkpoint['classes'])} |",
+        f"| Input | `input` (N, 3, {recipe.size}, {recipe.size}) float32, "
+        f"{checkpoint['input_spec']['color']} replicated to 3 channels, (x - 127.5) / 127.5 |",
+        f"| Outputs | `probs` (N, C) softmax; `cam` {outputs} |",
+        f"| File | `{final.name}` ({chosen} weights, {final.stat().st_size / 1e6:.1f} MB, "
+        f"sha256 `{sha256_file(final)}`) |",
+        f"| Licence | {LICENCE} |",
+        "",
+        "## Accuracy",
+        "",
+        "| Test set | Accuracy | Macro-F1 | n |",
+        "|---|---|---|---|",
+    ]
+    for kind, report in reports.items():
+        label = "FERPlus test (clean)" if kind == "clean" else f"FERPlus test + synthetic {kind}"
+        if dataset.lower() != "ferplus":
+            label = f"{dataset} test"
+        lines.append(f"| {label} | {report['accuracy']:.2f} % | {report['macro_f1']:.2f} | "
+                     f"{report['n']} |")
+    if not reports:
+        lines.append("| (no test split evaluated) | | | |")
+    lines += [
+        "",
+        f"Best FER2013Valid accuracy during training (torch): {state.best_acc:.2f} % at epoch "
+        f"{state.best_epoch}. ONNX on FER2013Valid: fp32 {valid_acc['fp32']:.2f} %, "
+        f"fp16 {valid_acc['fp16']:.2f} % (shipped: {chosen}; fp16 is kept when it is within "
+        f"{FP16_TOLERANCE_POINTS} points). Export check on {export.batch} validation faces: "
+        f"max |ONNX - torch| probs {export.max_abs_diff_probs:.2g}, cam "
+        f"{export.max_abs_diff_cam:.2g}.",
+        "",
+        "Per-class accuracy (clean test): " + (", ".join(
+            f"{c} {v:.1f} %" for c, v in reports["clean"]["per_class_accuracy"].items()
+            if v is not None) if "clean" in reports else "n/a") + ".",
+        "",
+        "Reproduce the evaluation: `occlufer eval --model " + name + " --dataset " + dataset +
+        " --root DATA_ROOT --report reports/" + name + "` (add `--occlusion masked` etc.).",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{command}`",
+        f"- Code: git commit {git_commit()}",
+        f"- Data: {dataset} at `{data_root}`; {train_count} training images "
+        f"(label mode {recipe.label_mode}), {len(valid)} validation images ({valid.source}); "
+        f"synthetic occlusion augmentation {occlusion_text}",
+        f"- Epochs: {state.epoch} of {recipe.epochs}"
+        f"{' (early stop, patience ' + str(recipe.patience) + ')' if state.stopped_early else ''};"
+        f" batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr} {recipe.schedule}, "
+        f"wd {recipe.weight_decay}, label smoothing {recipe.label_smoothing}",
+        f"- Hardware: {hardware(device)} (device {device})",
+        f"- Wall time: training {state.train_seconds / 60:.1f} min over all sessions; "
+        f"this session incl. export and evaluation {wall_seconds / 60:.1f} min",
+        f"- Throughput: {np.mean([r['img_per_s'] for r in state.history]):.0f} img/s mean "
+        "(training, augmentation included)" if state.history else "- Throughput: n/a",
+        f"- Parameters: {params:,}",
+        "",
+        "## Epochs",
+        "",
+        "| epoch | lr | train loss | train acc | valid loss | valid acc | img/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['epoch']} | {r['lr']:.4g} | {r['train_loss']:.4f} | {r['train_acc']:.2f} | "
+              f"{r['val_loss']:.4f} | {r['val_acc']:.2f} | {r['img_per_s']:.0f} |"
+              for r in state.history]
+    lines += ["", "## Limits", "",
+              "FERPlus faces are 48 px grayscale, frontal-ish crops; the synthetic occluders are "
+              "procedural drawings, so accuracy on real occlusions may differ. Trained on a "
+              "small CPU budget (recipe `fast`) unless stated otherwise above. The occluded "
+              "test sets come from the same procedural occluder family as the training "
+              "augmentation (fixed seeds, different draws), so they measure robustness to "
+              "these occluders, not to real-world occlusion in general.", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def publish(name: str, onnx_path: Path, card: Path, spec: InputSpec, classes: tuple[str, ...],
+            recipe: Recipe, reports: dict[str, dict[str, Any]], dataset: str,
+            manifest: Path | None) -> Path:
+    """Copy the ONNX and card beside the manifest (`models/`, `cards/`) and register them."""
+    from app.runtime.store import default_manifest_path
+    from exporters.manifest import register_model_entry
+    from training.evaluate import sha256_file
+
+    manifest_path = Path(manifest) if manifest else default_manifest_path()
+    assets = manifest_path.parent
+    for source, target in ((onnx_path, assets / "models" / f"{name}.onnx"),
+                           (card, assets / "cards" / f"{name}.md")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    accuracy = ", ".join(f"{k} {v['accuracy']:.2f} %" for k, v in reports.items())
+    entry = {
+        "task": "expression",
+        "file": f"models/{name}.onnx",
+        "sha256": sha256_file(assets / "models" / f"{name}.onnx"),
+        "licence": LICENCE,
+        "description": f"{recipe.description}. Test accuracy ({dataset}): {accuracy or 'n/a'}.",
+        "sources": [{"kind": "asset"}],
+        "input": spec.to_manifest(),
+        "classes": list(classes),
+        "outputs": ["probs", "cam"],
+        "card": f"cards/{name}.md",
+        "metrics": {k: {"accuracy": round(v["accuracy"], 2), "macro_f1": round(v["macro_f1"], 2),
+                        "n": v["n"]} for k, v in reports.items()},
+    }
+    return register_model_entry(name, entry, manifest_path)
