@@ -1,15 +1,20 @@
-"""Latency benchmarks of pipeline stages on this machine, with the numbers a user can compare.
+"""Latency benchmarks on this machine, with the numbers a user can compare.
 
-Timings are of the whole stage as the pipeline calls it (frame checks, resize, mean
-subtraction, onnxruntime, decoding, NMS), not of the session alone, because that is what a
-frame pays. Warm-up runs are excluded; median and 95th percentile are reported, since a single
-mean hides the stalls a live view shows.
+Two levels: `bench_detector` times one stage (`python -m app.bench`), `bench_pipeline` the
+whole chain as `occlufer run` and the app call it (`occlufer bench`). Timings are of the
+work a frame pays (frame checks, resize, normalisation, onnxruntime, decoding, NMS, mapping
+back), not of a bare session. Frames are decoded before timing starts, because the app
+decodes in its capture thread, in parallel with inference. Warm-up frames are excluded;
+median, p95 and p99 are reported, since a mean hides the stalls a live view shows.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -74,6 +79,167 @@ def bench_detector(
         "provider": session_provider(detector.session),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
+
+
+def tile_faces(image: np.ndarray, faces: int) -> np.ndarray:
+    """The frame with its content repeated on a k x k grid (k = ceil(sqrt(faces))) at the same
+    frame size, so a one-face clip becomes a `faces`-face clip of the same resolution; cells
+    past `faces` stay black."""
+    if faces <= 1:
+        return image
+    k = int(np.ceil(np.sqrt(faces)))
+    h, w = image.shape[:2]
+    cell = cv2.resize(image, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    out = np.zeros_like(image)
+    for i in range(faces):
+        r, c = divmod(i, k)
+        out[r * cell.shape[0]:(r + 1) * cell.shape[0], c * cell.shape[1]:(c + 1) * cell.shape[1]] = cell
+    return out
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)} | {
+        "mean": round(float(a.mean()), 3)}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now (Linux /proc), else the peak from getrusage."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource  # POSIX only; /proc is the usual path
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_info() -> dict[str, str | int]:
+    """What a benchmark row must name to be comparable: CPU model, cores, library versions."""
+    import onnxruntime
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count() or 0, "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "opencv": cv2.__version__}
+
+
+def load_frames(source: str, count: int, faces: int = 1) -> list:
+    """Up to `count` decoded frames of `source` (looped when shorter), `faces` tiled per frame."""
+    from app.pipeline.records import Frame
+    from app.sources import open_source
+
+    frames = []
+    with open_source(source, loop=True) as src:
+        for frame in src:
+            if len(frames) >= count:
+                break
+            frames.append(Frame(image=tile_faces(frame.image, faces), index=len(frames),
+                                timestamp=frame.timestamp, source_time=frame.source_time))
+    if not frames:
+        from app.errors import SourceError
+
+        raise SourceError(f"{source} gave no frames")
+    return frames
+
+
+def bench_pipeline(pipeline, frames: Sequence, runs: int, warmup: int = 10,
+                   rss_every: int = 0) -> dict:
+    """Run `pipeline.process` over `frames` (cycled) `runs` times after `warmup` frames.
+
+    Returns end-to-end fps (frames / wall time of the timed loop), frame-latency percentiles,
+    per-stage percentiles (whatever stages the pipeline reports), faces per frame and, when
+    `rss_every` > 0, the process RSS every that many frames (the soak curve)."""
+    from app.errors import BadFrameError
+
+    for i in range(warmup):
+        pipeline.process(frames[i % len(frames)])
+    frame_ms: list[float] = []
+    stages: dict[str, list[float]] = {}
+    faces: list[int] = []
+    rss: list[tuple[int, float, float]] = []
+    bad = 0
+    start = time.perf_counter()
+    for i in range(runs):
+        try:
+            result = pipeline.process(frames[i % len(frames)])
+        except BadFrameError:
+            bad += 1
+            continue
+        frame_ms.append(result.latency_ms["frame"])
+        for name, ms in result.latency_ms.items():
+            if name != "frame":
+                stages.setdefault(name, []).append(ms)
+        faces.append(len(result.faces))
+        if rss_every and i % rss_every == 0:
+            rss.append((i, round(time.perf_counter() - start, 3), round(rss_mb(), 2)))
+    wall = time.perf_counter() - start
+    report = {
+        "frames": runs, "bad_frames": bad, "wall_s": round(wall, 3),
+        "fps": round(len(frame_ms) / wall, 2) if wall > 0 else None,
+        "frame_ms": _percentiles(frame_ms),
+        "stage_ms": {name: _percentiles(v) for name, v in stages.items()},
+        "faces_per_frame": round(float(np.mean(faces)), 3) if faces else 0.0,
+        "rss_mb_end": round(rss_mb(), 2),
+    }
+    if rss:
+        report["rss_curve"] = rss
+    return report
+
+
+def bench_command(args) -> int:
+    """`occlufer bench`: the whole chain on a video (or the demo), printed and written as JSON."""
+    from app.pipeline.pipeline import build_pipeline
+    from app.runtime.store import ModelStore
+
+    store = ModelStore(root=Path(args.store) if args.store else None)
+    frames = load_frames(args.source, min(args.frames, args.decode_frames), args.faces)
+    pipeline = build_pipeline(store, device=args.device, threads=args.threads,
+                              detector_model=args.detector, score_threshold=args.score,
+                              expression_model=args.model)
+    report = bench_pipeline(pipeline, frames, args.frames, warmup=args.warmup,
+                            rss_every=args.rss_every)
+    models = {name: {"provider": provider, "sha256": store.expected_sha256(name)}
+              for name, provider in pipeline.providers.items()}
+    report = {"command": "occlufer " + " ".join(args.argv), "date": time.strftime("%Y-%m-%d"),
+              "source": args.source, "size": list(frames[0].image.shape[1::-1]),
+              "faces_tiled": args.faces, "device": args.device, "threads": args.threads,
+              "models": models, "skipped": dict(pipeline.skipped), "machine": machine_info(),
+              **report}
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    stages = " ".join(f"{k} {v['p50']:.2f}" for k, v in report["stage_ms"].items())
+    print(f"{report['fps']} fps | frame p50 {report['frame_ms']['p50']:.2f} p95 "
+          f"{report['frame_ms']['p95']:.2f} p99 {report['frame_ms']['p99']:.2f} ms | "
+          f"stage p50 ms: {stages} | faces/frame {report['faces_per_frame']} | "
+          "providers " + ", ".join(f"{k}={v['provider']}" for k, v in models.items()))
+    return 0
+
+
+def add_bench_args(p) -> None:
+    p.add_argument("--source", default="demo", help="video, image, folder or `demo` (default)")
+    p.add_argument("--faces", type=int, default=1,
+                   help="tile the source k x k so each frame holds this many faces")
+    p.add_argument("--frames", type=int, default=300, help="timed frames")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--decode-frames", type=int, default=300,
+                   help="frames decoded ahead and cycled (memory bound)")
+    p.add_argument("--model", default="resnet18_fast", help="expression model ('' for none)")
+    p.add_argument("--rss-every", type=int, default=0,
+                   help="record the process RSS every N frames (soak curve)")
+    p.add_argument("--json", help="write the report here")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         from_dir = Path(args.from_dir).expanduser() if args.from_dir else None
         failed = []
         for name in names:
+            needs = store.needs_from_dir(name)
+            if needs and from_dir is None and not args.names:
+                # `models fetch` alone installs what can be installed without local files
+                print(f"{name}: skipped  (built from {needs}: "
+                      f"occlufer models fetch {name} --from DIR)")
+                continue
             try:
                 path = store.fetch(name, from_dir=from_dir, force=args.force)
                 print(f"{name}: ok  {path}")
@@ -125,6 +131,12 @@ def cmd_app(args: argparse.Namespace) -> int:
                    threads=args.threads, detector=args.detector, store=_store(args))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from app.bench import bench_command
+
+    return bench_command(args)
+
+
 # ------------------------------------------------------------------ torch-side commands
 def _torch_side(module: str):
     import importlib
@@ -199,6 +211,13 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_app)
 
+    p = sub.add_parser("bench", help="time the whole pipeline: fps, frame and stage latency")
+    from app.bench import add_bench_args
+
+    add_bench_args(p)
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("export", help="export RetinaFace weights (.pth) to verified ONNX")
     p.add_argument("network", choices=("retinaface",))
     p.add_argument("--weights", required=True)
@@ -226,13 +245,20 @@ def _add_training_commands(sub, load: bool) -> None:
             training_cli = _torch_side("training.cli")
             getattr(training_cli, f"add_{name}_args")(p)
             p.set_defaults(func=getattr(training_cli, f"run_{name}"))
+    p = sub.add_parser("train-perception", help="train the occlusion-map + face-parsing network "
+                                                "(needs [train])")
+    if load:
+        perception = _torch_side("training.perception.train")
+        perception.add_train_perception_args(p)
+        p.set_defaults(func=perception.run_train_perception)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        wants_training = bool(argv) and argv[0] in ("train", "eval")
+        wants_training = bool(argv) and argv[0] in ("train", "eval", "train-perception")
         args = build_parser(training=wants_training).parse_args(argv)
+        args.argv = list(argv)
         return int(args.func(args) or 0)
     except OccluferError as exc:
         print(f"occlufer: error: {exc}", file=sys.stderr)

@@ -6,7 +6,9 @@ builds its toggles from `OVERLAYS`, so a new stage's overlay is one new entry he
 change: the toggle appears, and is enabled as soon as the pipeline fills that field.
 
 Maps predicted on the aligned crop (CAM, parsing, occlusion) are warped back to the frame with
-the crop's inverse affine, so they lie exactly on the face even when it is tilted.
+the crop's inverse affine, so they lie exactly on the face even when it is tilted; a stage with
+its own crop hands its maps' affine in `FaceAnalysis.maps_to_frame`, which is used instead.
+Overlays whose field is None are simply not drawn: nothing is ever made up to fill them.
 """
 
 from __future__ import annotations
@@ -72,28 +74,35 @@ def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], colour, scale:
 
 
 def _warp_to_frame(crop_map: np.ndarray, analysis: FaceAnalysis, frame_shape: Sequence[int],
-                   nearest: bool = False) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+                   nearest: bool = False, to_frame: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray, tuple[slice, slice]] | None:
     """A crop-space map warped into the frame, limited to the face's bounding rectangle.
 
+    `to_frame` (2x3, map pixels -> frame pixels) places the map as it is; without it the map
+    covers the aligned crop (resized to it) and the crop's inverse affine places it.
     Returns the warped map and the frame slices it covers (None when the face has no crop or
     lies outside the frame); warping only that rectangle keeps big frames cheap.
     """
-    aligned = analysis.aligned
-    if aligned is None:
-        return None
-    size = aligned.crop.shape[0]
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    if crop_map.shape[:2] != (size, size):
-        crop_map = cv2.resize(crop_map, (size, size), interpolation=interp)
-    corners = aligned.to_frame(np.float32([[-0.5, -0.5], [size - 0.5, -0.5],
-                                           [size - 0.5, size - 0.5], [-0.5, size - 0.5]]))
+    if to_frame is None:
+        aligned = analysis.aligned
+        if aligned is None:
+            return None
+        size = aligned.crop.shape[0]
+        if crop_map.shape[:2] != (size, size):
+            crop_map = cv2.resize(crop_map, (size, size), interpolation=interp)
+        to_frame = aligned.inverse
+    affine = np.asarray(to_frame, dtype=np.float64).reshape(2, 3)
+    h, w = crop_map.shape[:2]
+    corners = np.float64([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    corners = corners @ affine[:, :2].T + affine[:, 2]
     height, width = frame_shape[:2]
     x0, y0 = np.floor(corners.min(axis=0)).astype(int)
     x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 1
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if x1 <= x0 or y1 <= y0:
         return None
-    inverse = aligned.inverse.astype(np.float64).copy()
+    inverse = affine.copy()
     inverse[:, 2] -= (x0, y0)
     warped = cv2.warpAffine(crop_map, inverse, (x1 - x0, y1 - y0), flags=interp,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -167,7 +176,7 @@ def draw_regions(canvas: np.ndarray, analysis: FaceAnalysis, options: OverlayOpt
 def draw_parsing(canvas: np.ndarray, analysis: FaceAnalysis, options: OverlayOptions) -> None:
     """Face parsing as translucent class colours (background left clear)."""
     labels = np.asarray(analysis.parsing, dtype=np.uint8)
-    warped = _warp_to_frame(labels, analysis, canvas.shape, nearest=True)
+    warped = _warp_to_frame(labels, analysis, canvas.shape, nearest=True, to_frame=analysis.maps_to_frame)
     if warped is None:
         return
     classes, where = warped
@@ -197,7 +206,8 @@ def draw_parsing_legend(canvas: np.ndarray, faces: Sequence[FaceAnalysis], optio
 
 def draw_occlusion(canvas: np.ndarray, analysis: FaceAnalysis, options: OverlayOptions) -> None:
     """Where the face is hidden: red, as strong as the occlusion probability."""
-    warped = _warp_to_frame(np.asarray(analysis.occlusion, dtype=np.float32), analysis, canvas.shape)
+    warped = _warp_to_frame(np.asarray(analysis.occlusion, dtype=np.float32), analysis, canvas.shape,
+                            to_frame=analysis.maps_to_frame)
     if warped is None:
         return
     occlusion, where = warped
@@ -264,10 +274,11 @@ OVERLAYS: tuple[OverlaySpec, ...] = (
                 lambda a: True, draw_boxes),
     OverlaySpec("landmarks5", "5-point landmarks", "5 points", "F", "the face detector (retinaface_mnet025)",
                 lambda a: a.face.landmarks5 is not None, draw_landmarks5),
-    OverlaySpec("landmarks68", "68-point landmarks", "68 points", "L", "a 68-point landmark model (task `landmarks`)",
+    OverlaySpec("landmarks68", "68-point landmarks", "68 points", "L",
+                "the FaceMesh landmark model (`occlufer models fetch facemesh_468`)",
                 lambda a: a.landmarks68 is not None, draw_landmarks68),
     OverlaySpec("regions", "Facial regions the model reads", "Regions", "R",
-                "a region-based expression model (FS-DSN, FFRA-Net) or the region stage",
+                "a region-based expression model (FS-DSN, FFRA-Net: `regions` in its ONNX metadata)",
                 lambda a: bool(a.regions), draw_regions),
     OverlaySpec("parsing", "Face parsing map", "Parsing", "P", "a face-parsing model (task `parsing`)",
                 lambda a: a.parsing is not None, draw_parsing, is_map=True, legend=draw_parsing_legend),

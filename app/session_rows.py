@@ -8,7 +8,7 @@ Columns, in order:
   timestamp (ISO 8601, local time with offset), frame, source_time, faces, face, track_id,
   x1 y1 x2 y2, score, lm0_x … lm4_y                            (detection and tracking)
   model, label, confidence, smoothed_label, p_<class> …        (expression)
-  occlusion_ratio, visible_regions                             (occlusion stages, when present)
+  occlusion_ratio, visible_regions, vis_<part> …               (occlusion stages, when present)
   <stage>_ms …, frame_ms                                       (latency per stage)
 
 The class columns are fixed when the file is opened: the union of the classes of every model
@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from app import __version__
+from app.pipeline.occlusion_map import PARTS
 from app.pipeline.pipeline import STAGES
 from app.pipeline.records import FaceAnalysis, FrameResult
 from app.runtime.store import ModelStore, sha256_of
@@ -34,7 +35,8 @@ DETECTION_COLUMNS = (
     + [f"lm{i}_{axis}" for i in range(5) for axis in "xy"]
 )
 EXPRESSION_COLUMNS = ["model", "label", "confidence", "smoothed_label"]
-OCCLUSION_COLUMNS = ["occlusion_ratio", "visible_regions"]
+#: `vis_<part>`: share of each facial part the occlusion stage sees uncovered (0..1).
+OCCLUSION_COLUMNS = ["occlusion_ratio", "visible_regions"] + [f"vis_{part}" for part in PARTS]
 #: Stages timed per frame; `frame` is the whole chain.
 LATENCY_STAGES = (*STAGES, "frame")
 #: A region counts as visible when at least this share of it is not occluded.
@@ -102,6 +104,8 @@ class SessionSchema:
                     row[class_column(cls)] = f"{p:.4f}"
         if analysis.occlusion_ratio is not None:
             row["occlusion_ratio"] = f"{analysis.occlusion_ratio:.4f}"
+        for part, share in (analysis.part_visibility or {}).items():
+            row[f"vis_{part}"] = f"{share:.3f}"
         if analysis.regions is not None:
             row["visible_regions"] = ";".join(
                 r.name for r in analysis.regions if r.visibility is None or r.visibility >= VISIBLE_AT)

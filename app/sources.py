@@ -158,6 +158,8 @@ def read_image(path: Path) -> np.ndarray:
         raise SourceError(f"Image file not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
+        if not path.is_file():  # deleted between the check and the read: say that, not "corrupt"
+            raise SourceError(f"Image file not found: {path}")
         raise SourceError(f"Cannot decode image {path}: not an image or corrupt")
     if image.dtype != np.uint8:  # 16-bit PNG / TIFF
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))

@@ -14,8 +14,19 @@ by its own maximum so it lies in [0, 1] whatever the logit scale, and a class wi
 evidence anywhere is all zeros (the 1e-6 keeps that division finite). The app upsamples `cam`
 to the crop itself, so the graph stays at feature resolution.
 
+Networks that take priors beside the crop or give more than probs and CAM (the contract's
+optional `extra_inputs` / `extra_outputs` + `export_outputs`, see `models/__init__.py`) get
+one more graph input per prior and one more output per extra map. Each extra input is also
+stored as an initializer holding the network's default (batch 1, broadcast over the batch):
+onnxruntime then treats it as an *optional* input (`get_inputs()` lists only `input`, the
+extras appear in `get_overridable_initializers()`), so a caller that feeds only `input` -
+the app's expression stage, `training.evaluate` - runs the network on its default priors, and
+a caller that has real priors feeds them by name with the same batch as `input`.
+
 The file carries its own description in `metadata_props` (classes, input spec, model name,
-sha256 of the source weights, output description), is checked against torch on a real batch
+sha256 of the source weights, output description, and `regions` — JSON
+{name: [x0, y0, x1, y1]} as fractions of the crop — for networks with a `regions` attribute,
+such as FS-DSN's eye and mouth streams), is checked against torch on a real batch
 before it is moved into place, and is never left half-written.
 
 fp16: weights are *stored* as float16 and each is cast back to float32 by a `Cast` node
@@ -72,9 +83,24 @@ class ProbsAndCam(nn.Module):
                             "`classifier: nn.Linear`; every expression network must follow "
                             "the contract in models/__init__.py")
         self.model = model
+        #: names of the network's optional prior inputs and extra outputs, in graph order
+        self.extra_inputs = tuple(getattr(model, "extra_inputs", {}))
+        self.extra_outputs = tuple(getattr(model, "extra_outputs", {}))
+        if (self.extra_inputs or self.extra_outputs) and not hasattr(model, "export_outputs"):
+            raise TypeError(f"{type(model).__name__} declares extra inputs/outputs but no "
+                            "`export_outputs`; see models/__init__.py")
+
+    def all_outputs(self, x: torch.Tensor, *extras: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Logits, raw evidence and the extra outputs; missing extras use the defaults."""
+        if self.extra_inputs or self.extra_outputs:
+            return self.model.export_outputs(x, **dict(zip(self.extra_inputs, extras)))
+        return (*self.logits_and_evidence(x), ())
 
     def logits_and_evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and raw per-class spatial evidence (before ReLU and scaling)."""
+        if self.extra_inputs or self.extra_outputs:
+            return self.all_outputs(x)[:2]
         if hasattr(self.model, "logits_and_cam"):  # multi-stream heads compute their own
             return self.model.logits_and_cam(x)
         features = self.model.forward_features(x)
@@ -82,12 +108,19 @@ class ProbsAndCam(nn.Module):
         logits = classifier(features.mean(dim=(2, 3)))
         return logits, F.conv2d(features, classifier.weight[:, :, None, None])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, evidence = self.logits_and_evidence(x)
+    def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, evidence, more = self.all_outputs(x, *extras)
         probs = F.softmax(logits, dim=1)
         cam = F.relu(evidence)
         cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
-        return probs, cam
+        return (probs, cam, *more)
+
+    def default_inputs(self) -> dict[str, np.ndarray]:
+        """The network's default priors (batch 1), which the ONNX stores as initializers."""
+        if not self.extra_inputs:
+            return {}
+        defaults = self.model.default_extra_inputs()
+        return {k: defaults[k].detach().cpu().numpy() for k in self.extra_inputs}
 
 
 @dataclass
@@ -178,13 +211,14 @@ def store_weights_fp16(proto) -> int:
     return converted
 
 
-def _torch_outputs(wrapper: ProbsAndCam, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _torch_outputs(wrapper: ProbsAndCam, x: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, float, list[np.ndarray]]:
     with torch.no_grad():
         tensor = torch.from_numpy(x)
-        probs, cam = wrapper(tensor)
+        probs, cam, *more = wrapper(tensor)
         logits = wrapper.model(tensor)
         contract = float((F.softmax(logits, 1) - probs).abs().max())
-    return probs.numpy(), cam.numpy(), contract
+    return probs.numpy(), cam.numpy(), contract, [m.numpy() for m in more]
 
 
 def verify(wrapper: ProbsAndCam, onnx_path: Path, x: np.ndarray, labels: np.ndarray | None,
@@ -195,23 +229,33 @@ def verify(wrapper: ProbsAndCam, onnx_path: Path, x: np.ndarray, labels: np.ndar
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    expected_probs, expected_cam, contract = _torch_outputs(wrapper, x)
+    expected_probs, expected_cam, contract, expected_more = _torch_outputs(wrapper, x)
     if contract > PARITY_TOLERANCE:
         raise ExportParityError(
             f"the network breaks the contract: the exported head (classifier on the pooled "
             f"features, or logits_and_cam) differs from softmax(forward(x)) by {contract:.3g}")
-    probs, cam = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-    single_probs, single_cam = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:1]})
-    for name, e, g in (("probs", expected_probs, probs), ("cam", expected_cam, cam)):
+    names = list(OUTPUT_NAMES) + list(wrapper.extra_outputs)
+    probs, cam, *more = session.run(names, {INPUT_NAME: x})
+    single_probs, single_cam, *single_more = session.run(names, {INPUT_NAME: x[:1]})
+    # the optional prior inputs fed explicitly (the defaults, one per image) must agree too
+    fed = {k: np.repeat(v, len(x), axis=0) for k, v in wrapper.default_inputs().items()}
+    fed_probs = session.run(["probs"], {INPUT_NAME: x, **fed})[0] if fed else probs
+    for name, e, g in (("probs", expected_probs, probs), ("cam", expected_cam, cam),
+                       *zip(wrapper.extra_outputs, expected_more, more)):
         if e.shape != g.shape:
             raise ExportParityError(f"ONNX {name} shape {g.shape} != torch {e.shape}")
     diff_probs = max(float(np.abs(expected_probs - probs).max()),
-                     float(np.abs(expected_probs[:1] - single_probs).max()))
+                     float(np.abs(expected_probs[:1] - single_probs).max()),
+                     float(np.abs(expected_probs - fed_probs).max()))
     diff_cam = max(float(np.abs(expected_cam - cam).max()),
                    float(np.abs(expected_cam[:1] - single_cam).max()))
-    if not fp16 and not (diff_probs < PARITY_TOLERANCE and diff_cam < PARITY_TOLERANCE):
+    diff_more = max([0.0] + [max(float(np.abs(e - g).max()), float(np.abs(e[:1] - s).max()))
+                             for e, g, s in zip(expected_more, more, single_more)])
+    if not fp16 and not (diff_probs < PARITY_TOLERANCE and diff_cam < PARITY_TOLERANCE
+                         and diff_more < PARITY_TOLERANCE):
         raise ExportParityError(f"ONNX differs from torch: probs by {diff_probs:.3g}, cam by "
-                                f"{diff_cam:.3g} (limit {PARITY_TOLERANCE:g})")
+                                f"{diff_cam:.3g}, extra outputs by {diff_more:.3g} "
+                                f"(limit {PARITY_TOLERANCE:g})")
     agree = float(np.mean(expected_probs.argmax(1) == probs.argmax(1)))
     acc_torch = acc_onnx = None
     if labels is not None:
@@ -248,7 +292,15 @@ def export_classifier_report(
     else:
         source = {"source_checkpoint": "in-memory", "source_sha256": state_dict_sha256(model)}
     with torch.no_grad():
-        feature_shape = tuple(wrapper(torch.from_numpy(x[:1]))[1].shape[2:])
+        first = wrapper(torch.from_numpy(x[:1]))
+    feature_shape = tuple(first[1].shape[2:])
+    defaults = wrapper.default_inputs()
+    extra_outputs = {name: f"{tuple(['N', *value.shape[1:]])} " + description
+                     for (name, description), value
+                     in zip(getattr(model, "extra_outputs", {}).items(), first[2:])}
+    extra_inputs = {name: {"shape": ["N", *defaults[name].shape[1:]],
+                           "dtype": str(defaults[name].dtype), "description": description}
+                    for name, description in getattr(model, "extra_inputs", {}).items()}
     metadata = {
         "model_name": name,
         "classes": json.dumps(list(classes)),
@@ -256,12 +308,18 @@ def export_classifier_report(
         "outputs": json.dumps({
             "probs": f"(N, {num_classes}) softmax",
             "cam": f"(N, {num_classes}, {feature_shape[0]}, {feature_shape[1]}) class activation "
-                   "maps, ReLU, each scaled to [0, 1] by its own max (bias excluded)"}),
+                   "maps, ReLU, each scaled to [0, 1] by its own max (bias excluded)",
+            **extra_outputs}),
+        **({"extra_inputs": json.dumps(extra_inputs)} if extra_inputs else {}),
         "weights_dtype": "float16 (float32 compute)" if fp16 else "float32",
         "exporter": "occlufer exporters/classifier.py",
         **source,
         **(extra_metadata or {}),
     }
+    regions = getattr(model, "regions", None)  # fixed crop regions of multi-stream networks
+    if regions:
+        metadata["regions"] = json.dumps({str(k): [float(v) for v in box]
+                                          for k, box in dict(regions).items()})
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".part", dir=out.parent)
@@ -269,16 +327,26 @@ def export_classifier_report(
     tmp = Path(tmp_name)
     try:
         buffer = io.BytesIO()
-        dynamic = {INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}, "cam": {0: "batch"}}
+        dynamic = {INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}, "cam": {0: "batch"},
+                   **{k: {0: "batch"} for k in wrapper.extra_outputs},
+                   # a prior input is batch 1 (its default) or the batch of `input`
+                   **{k: {0: f"{k}_batch"} for k in defaults}}
+        example = (torch.from_numpy(x[:2]),
+                   *(torch.from_numpy(np.repeat(v, 2, axis=0)) for v in defaults.values()))
         with warnings.catch_warnings():
             # torch 2.13 steers towards the dynamo exporter (needs onnxscript); the TorchScript
             # exporter handles these plain CNNs exactly and needs nothing extra.
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (torch.from_numpy(x[:2]),), buffer, dynamo=False,
-                              opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
-                              do_constant_folding=True)
+            torch.onnx.export(wrapper, example, buffer, dynamo=False,
+                              opset_version=opset, input_names=[INPUT_NAME, *defaults],
+                              output_names=[*OUTPUT_NAMES, *wrapper.extra_outputs],
+                              dynamic_axes=dynamic, do_constant_folding=True)
         proto = onnx.load_from_string(buffer.getvalue())
+        if defaults:  # input + initializer of one name = an optional input with a default
+            from onnx import numpy_helper
+
+            proto.graph.initializer.extend(numpy_helper.from_array(v, k)
+                                           for k, v in defaults.items())
         if fp16:
             store_weights_fp16(proto)
         for key, value in metadata.items():

@@ -16,12 +16,31 @@ spatial evidence (the exporter applies ReLU and per-map scaling), plus `num_clas
 Networks trained with more than cross-entropy on the logits (auxiliary streams, adversarial
 branches) define `training_loss(x, target, label_smoothing) -> (loss, logits)`; the trainer
 calls it instead of `forward` + cross-entropy. `target` is class indices (N,) or a
-distribution (N, C), as `training.trainer.loss_fn` accepts.
+distribution (N, C), as `models.losses.soft_cross_entropy` accepts. Networks whose loss follows the
+run's progress (DANN-style GRL weights, staged training) also define `set_progress(p)`; the
+trainer calls it before every step with p = finished steps / all steps of the run, in [0, 1).
+
+Networks whose loss needs per-sample targets besides the label (occlusion masks, landmarks)
+name them in their recipe's `aux` (`training.augment.AUX_KINDS`); the trainer then calls
+`training_loss(x, target, label_smoothing, aux={name: tensor})`.
+
+Networks that take priors beside the crop or export more than `probs` and `cam` declare
+`extra_inputs` / `extra_outputs` ({name: description}) and define
+`export_outputs(x, **extra_inputs) -> (logits, evidence, tuple of extra outputs)`; for
+`extra_inputs` also `default_extra_inputs() -> {name: tensor with batch 1}`, which `forward`
+uses when a prior is not given and the ONNX stores as that input's default.
+
+Networks that cut the face on a fixed grid (FS-DSN's eye and mouth streams) expose
+`regions` ({name: (x0, y0, x1, y1)} as fractions of the input crop); the exporter writes it
+into the ONNX metadata as `regions` (JSON) so the app can draw the boxes.
 
 Importing this package registers the built-in networks with `models.registry`.
 """
 
 from models import resnet  # noqa: F401  (registers resnet18)
+from models import dfd_net  # noqa: F401  (registers dfd_net)
+from models import ffra_net, fs_dsn  # noqa: F401  (register ffra_net, fs_dsn)
+from models import mask_aware, orsanet  # noqa: F401  (register mask_aware, orsanet)
 from models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

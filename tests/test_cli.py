@@ -161,3 +161,21 @@ def test_the_runtime_never_imports_torch(home, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "OCCLUFER_HOME": str(home)}, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_fetch_all_skips_models_that_need_local_files_and_names_the_command(tmp_path):
+    """`models fetch` alone (the README's set-up) must not fail on a model only a local
+    checkpoint can build; asked for by name, that model fails with the reason."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"models": {"local_only": {
+        "task": "detection", "file": "local_only.onnx", "sha256": "0" * 64,
+        "sources": [{"kind": "export", "exporter": "retinaface",
+                     "input": "retinaface/mobilenet0.25_Final.pth"}]}}}))
+    env = {"OCCLUFER_MANIFEST": str(manifest)}
+    done = occlufer("models", "fetch", store=tmp_path / "home", extra_env=env)
+    assert "local_only: skipped" in done.stdout
+    assert "occlufer models fetch local_only --from DIR" in done.stdout
+    named = occlufer("models", "fetch", "local_only", store=tmp_path / "home", extra_env=env,
+                     check=False)
+    assert named.returncode == 1 and "local_only: FAILED" in named.stderr
+    assert not (tmp_path / "home" / "models" / "local_only.onnx").exists()

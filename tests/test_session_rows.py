@@ -18,8 +18,8 @@ from tests.app_support import FERPLUS_CLASSES, SEVEN_CLASSES, make_store, sha256
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, model_store, retinaface_onnx):
-    return make_store(tmp_path_factory.mktemp("manifest"), model_store.root)
+def store(tmp_path_factory, model_store, retinaface_onnx, ferplus_root):
+    return make_store(tmp_path_factory.mktemp("manifest"), model_store.root, ferplus_root)
 
 
 def _analysis(track: int, probs, classes, **fields) -> FaceAnalysis:
@@ -42,7 +42,7 @@ def test_columns_keep_the_old_run_columns_and_add_expression_and_occlusion():
 def test_class_union_over_every_expression_model(store):
     union = expression_classes(store)
     assert set(union) == set(FERPLUS_CLASSES) | set(SEVEN_CLASSES) and len(union) == 8
-    assert expression_classes(store, ["tiny_rgb7"]) == SEVEN_CLASSES
+    assert expression_classes(store, ["resnet18_tiny7"]) == SEVEN_CLASSES
 
 
 def test_rows_per_face_and_one_row_for_an_empty_frame():
@@ -69,11 +69,11 @@ def test_rows_per_face_and_one_row_for_an_empty_frame():
 
 def test_metadata_names_models_with_their_sha256(store, retinaface_onnx):
     schema = SessionSchema(expression_classes(store))
-    meta = session_metadata(store=store, models=["retinaface_mnet025", "tiny_ferplus"],
-                            providers={"retinaface_mnet025": "CPU", "tiny_ferplus": "CPU"},
+    meta = session_metadata(store=store, models=["retinaface_mnet025", "resnet18_fast"],
+                            providers={"retinaface_mnet025": "CPU", "resnet18_fast": "CPU"},
                             device="cpu", source={"spec": "demo"}, started=1.7e9, schema=schema,
                             files={"csv": "frames.csv"})
-    assert meta["models"]["tiny_ferplus"]["sha256"] == sha256(store.location("tiny_ferplus"))
+    assert meta["models"]["resnet18_fast"]["sha256"] == sha256(store.location("resnet18_fast"))
     assert meta["models"]["retinaface_mnet025"]["sha256"] == sha256(retinaface_onnx)
     assert meta["columns"] == schema.columns and meta["app_version"]
     json.dumps(meta)
@@ -83,7 +83,7 @@ def test_occlufer_run_with_a_model_writes_the_shared_schema(store, tmp_path, mon
     monkeypatch.setenv("OCCLUFER_MANIFEST", str(store.manifest_path))
     out = tmp_path / "demo.csv"
     code = main(["run", "--source", "demo", "--max-frames", "12", "--out", str(out), "--model",
-                 "tiny_rgb7", "--device", "cpu", "--threads", "2", "--store", str(store.root)])
+                 "resnet18_tiny7", "--device", "cpu", "--threads", "2", "--store", str(store.root)])
     assert code == 0
     with out.open() as fh:
         reader = csv.DictReader(fh)
@@ -95,5 +95,5 @@ def test_occlufer_run_with_a_model_writes_the_shared_schema(store, tmp_path, mon
     for row in faced:
         total = sum(float(row[class_column(c)]) for c in SEVEN_CLASSES)
         assert total == pytest.approx(1.0, abs=2e-3)
-        assert row["model"] == "tiny_rgb7" and row["smoothed_label"] in SEVEN_CLASSES
+        assert row["model"] == "resnet18_tiny7" and row["smoothed_label"] in SEVEN_CLASSES
         assert float(row["expression_ms"]) > 0

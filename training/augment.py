@@ -41,19 +41,32 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), int(index)])
 
 
-def random_affine(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """One warp for scale, rotation, translation and flip; borders replicate the edge so no
-    black wedges appear (a network could learn them as a cue)."""
-    height, width = image.shape[:2]
+def affine_matrix(shape: tuple[int, int], rng: np.random.Generator,
+                  cfg: AugmentConfig) -> tuple[np.ndarray, bool]:
+    """The 2x3 warp for scale, rotation, translation and flip, and whether it mirrors."""
+    height, width = shape
     angle = rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)
     scale = rng.uniform(*cfg.scale)
     shift = rng.uniform(-cfg.translate, cfg.translate, size=2) * (width, height)
     matrix = cv2.getRotationMatrix2D((width / 2 - 0.5, height / 2 - 0.5), angle, scale)
     matrix[:, 2] += shift
-    if rng.random() < cfg.flip:
+    flipped = bool(rng.random() < cfg.flip)
+    if flipped:
         # x -> (width - 1) - x applied after the warp
         matrix[0] = -matrix[0]
         matrix[0, 2] += width - 1
+    return matrix, flipped
+
+
+def random_affine(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """One warp for scale, rotation, translation and flip; borders replicate the edge so no
+    black wedges appear (a network could learn them as a cue)."""
+    matrix, _ = affine_matrix(image.shape[:2], rng, cfg)
+    return warp(image, matrix)
+
+
+def warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
     return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
@@ -72,21 +85,80 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
 def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
                   occlusion: bool) -> np.ndarray:
     """Occlude (with probability 1 - p_clean), then warp and jitter one uint8 face."""
+    return augment_image_aux(image, rng, cfg, occlusion)[0]
+
+
+def augment_image_aux(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None,
+                      occlusion: bool, landmarks68: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`augment_image` that also returns what the warp did to the face's geometry: the
+    occluder's mask (H, W) float32 (1 = hidden; zeros for a clean face) and the 68 landmarks
+    (68, 2) in pixels, both moved by the same warp as the face. `landmarks68` are the face's
+    own points in pixels of `image` (default: the FERPlus template, `app.pipeline.priors`).
+    Draws from `rng` exactly as `augment_image` does, so both give the same image.
+    `cfg=None` (evaluation) leaves the face as it is."""
+    from app.pipeline.priors import template_landmarks68, warp_landmarks68
+
+    points = (template_landmarks68(image.shape[0]) if landmarks68 is None
+              else np.asarray(landmarks68, np.float64))
+    mask = np.zeros(image.shape[:2], np.float32)
+    if cfg is None:
+        return image, mask, points
     if occlusion:
         from training.occlusion import KINDS, random_occlusion
 
         kinds = cfg.occlusion_kinds or KINDS
-        image, _, _ = random_occlusion(image, rng, kinds=kinds, p_clean=cfg.occlusion_p_clean)
-    image = random_affine(image, rng, cfg)
-    return photometric(image, rng, cfg)
+        image, mask, _ = random_occlusion(image, rng, kinds=kinds, p_clean=cfg.occlusion_p_clean)
+    matrix, flipped = affine_matrix(image.shape[:2], rng, cfg)
+    image, mask = warp(image, matrix), warp(mask, matrix)
+    return photometric(image, rng, cfg), mask, warp_landmarks68(points, matrix, flipped)
+
+
+#: Per-sample training extras `augment_batch(..., aux=...)` can return, for models whose
+#: `training_loss` needs more than the label (recipes name them in `Recipe.aux`).
+AUX_KINDS = ("occlusion", "landmarks68", "parsing")
 
 
 def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: int,
-                  spec: InputSpec, cfg: AugmentConfig | None, occlusion: bool) -> np.ndarray:
+                  spec: InputSpec, cfg: AugmentConfig | None, occlusion: bool,
+                  aux: Sequence[str] = (), landmarks68: np.ndarray | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """(B, C, S, S) float32 network input for `images[indices]`; `cfg=None` means no
-    augmentation (evaluation), which is exactly `prepare_batch` on the stored crops."""
-    crops = [images[i] for i in indices]
-    if cfg is not None:
-        crops = [augment_image(crop, sample_rng(seed, epoch, i), cfg, occlusion)
-                 for crop, i in zip(crops, indices)]
-    return prepare_batch(crops, spec)
+    augmentation (evaluation), which is exactly `prepare_batch` on the stored crops.
+
+    With `aux` (names from AUX_KINDS) it returns `(x, extras)` as well, each extra stacked
+    over the batch at the network's input size S: "occlusion" (B, S, S) float32 occluder mask
+    (1 = hidden), "landmarks68" (B, 68, 2) float32 fractions of the side (pixel = u * S - 0.5),
+    "parsing" (B, S, S) int64 LaPa labels drawn from those landmarks with occluded pixels as
+    background (`app.pipeline.priors.render_parsing`). `landmarks68` optionally gives every
+    stored image's own points (N, 68, 2) in its pixels instead of the FERPlus template."""
+    if not aux:
+        crops = [images[i] for i in indices]
+        if cfg is not None:
+            crops = [augment_image(crop, sample_rng(seed, epoch, i), cfg, occlusion)
+                     for crop, i in zip(crops, indices)]
+        return prepare_batch(crops, spec)
+    from app.pipeline.priors import render_parsing
+
+    unknown = set(aux) - set(AUX_KINDS)
+    if unknown:
+        raise ValueError(f"unknown training extras {sorted(unknown)}; known: {AUX_KINDS}")
+    crops, masks, points = [], [], []
+    for i in indices:
+        own = None if landmarks68 is None else landmarks68[i]
+        crop, mask, pts = augment_image_aux(images[i], sample_rng(seed, epoch, i), cfg,
+                                            occlusion, own)
+        side = crop.shape[0]
+        crops.append(crop)
+        masks.append(cv2.resize(mask, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR)
+                     if side != spec.size else mask)
+        points.append((pts + 0.5) / side)
+    extras: dict[str, np.ndarray] = {}
+    if "occlusion" in aux:
+        extras["occlusion"] = np.stack(masks).astype(np.float32)
+    if "landmarks68" in aux:
+        extras["landmarks68"] = np.stack(points).astype(np.float32)
+    if "parsing" in aux:
+        extras["parsing"] = np.stack([render_parsing(p * spec.size - 0.5, spec.size, m)
+                                      for p, m in zip(points, masks)]).astype(np.int64)
+    return prepare_batch(crops, spec), extras

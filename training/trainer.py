@@ -50,6 +50,7 @@ from tqdm import tqdm
 from app import REPO_ROOT
 from app.errors import DatasetError, OccluferError
 from app.pipeline.preprocess import InputSpec
+from models.losses import soft_cross_entropy
 from training.augment import AugmentConfig, augment_batch
 from training.data import load_split
 from training.recipes import Recipe, get_recipe
@@ -84,17 +85,22 @@ class BatchSource(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: SplitArrays, spec: InputSpec, augment: AugmentConfig | None,
-                 occlusion: bool, seed: int, label_mode: str) -> None:
+                 occlusion: bool, seed: int, label_mode: str, aux: tuple[str, ...] = ()) -> None:
         self.split, self.spec, self.augment = split, spec, augment
         self.occlusion, self.seed, self.label_mode = occlusion, seed, label_mode
+        self.aux = tuple(aux)  # Recipe.aux: per-sample extras for the model's training_loss
 
     def __len__(self) -> int:  # only for DataLoader's bookkeeping
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+        """(x, target), or (x, target, extras) when the recipe asks for `aux` extras."""
         epoch, indices = key
+        extras = None
         x = augment_batch(self.split.images, indices, epoch, self.seed, self.spec, self.augment,
-                          self.occlusion)
+                          self.occlusion, aux=self.aux)
+        if self.aux:
+            x, extras = x
         idx = np.asarray(indices)
         if self.split.soft is None:
             target = torch.from_numpy(self.split.labels[idx])
@@ -106,6 +112,9 @@ class BatchSource(torch.utils.data.Dataset):
             target = torch.from_numpy((draws > cumulative).sum(axis=1).astype(np.int64))
         else:
             target = torch.from_numpy(self.split.soft[idx])
+        if extras is not None:
+            return (torch.from_numpy(x), target,
+                    {k: torch.from_numpy(v) for k, v in extras.items()})
         return torch.from_numpy(x), target
 
 
@@ -172,7 +181,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                                nesterov=recipe.nesterov)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
@@ -181,7 +190,10 @@ def lr_factor(step: int, total: int, warmup: int, recipe: Recipe) -> float:
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if recipe.schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        # recipe.cosine_epochs: a horizon longer than the run (PyTorch's T_max > epochs)
+        horizon = total if recipe.cosine_epochs is None else int(
+            round(total * recipe.cosine_epochs / recipe.epochs))
+        progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if recipe.schedule == "step":
         passed = sum(step >= m * total for m in recipe.milestones)
@@ -197,11 +209,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
         optimizer, lambda step: lr_factor(step, total, warmup, recipe))
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    if target.ndim == 1:
-        return F.cross_entropy(logits, target, label_smoothing=smoothing)
-    soft = target * (1.0 - smoothing) + smoothing / target.shape[1]
-    return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+loss_fn = soft_cross_entropy  # the one definition, shared with the networks
 
 
 # --------------------------------------------------------------------------- state
@@ -414,7 +422,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
 
     n_workers = default_workers() if workers is None else workers
     source = BatchSource(train_data, spec, recipe_obj.augment, occlusion_aug, seed,
-                         recipe_obj.label_mode)
+                         recipe_obj.label_mode, recipe_obj.aux)
     valid_x = torch.from_numpy(augment_batch(valid_data.images, range(len(valid_data)), 0, seed,
                                              spec, None, False))
     board = _tensorboard(out_dir)
@@ -433,11 +441,19 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
                    unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.5 if interactive else 30.0)
-        for x, target in bar:
+        for batch_index, (x, target, *extras) in enumerate(bar):
+            if hasattr(model, "set_progress"):  # see the contract in models/__init__.py
+                model.set_progress((epoch * len(batches) + batch_index)
+                                   / (recipe_obj.epochs * len(batches)))
             x = x.to(torch_device, non_blocking=True)
             target = target.to(torch_device, non_blocking=True)
             with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                if hasattr(model, "training_loss"):  # see the contract in models/__init__.py
+                if extras:  # Recipe.aux: the model's training_loss takes them as `aux`
+                    aux = {k: v.to(torch_device, non_blocking=True) for k, v in extras[0].items()}
+                    loss, logits = model.training_loss(x, target, recipe_obj.label_smoothing,
+                                                       aux=aux)
+                    loss = loss.float()
+                elif hasattr(model, "training_loss"):  # see the contract in models/__init__.py
                     loss, logits = model.training_loss(x, target, recipe_obj.label_smoothing)
                     loss = loss.float()
                 else:

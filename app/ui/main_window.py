@@ -276,6 +276,10 @@ class MainWindow(QMainWindow):
         form.addRow("Map opacity", self.opacity_slider)
         form.addRow("CAM of", self.cam_combo)
         grid.addLayout(form, (len(OVERLAYS) + 2) // 3, 0, 1, 3)
+        self.unavailable_label = QLabel()
+        self.unavailable_label.setWordWrap(True)
+        self.unavailable_label.setStyleSheet("color: #9aa0a6;")
+        grid.addWidget(self.unavailable_label, (len(OVERLAYS) + 2) // 3 + 1, 0, 1, 3)
         layout.addWidget(overlays)
 
         expression = QGroupBox("Faces")
@@ -545,8 +549,8 @@ class MainWindow(QMainWindow):
             self.cam_combo.addItem(cls, cls)
         self._select_data(self.cam_combo, current if current in info.classes else None)
         self._set_options(cam_class=self.cam_combo.currentData())
-        if self.last_update is not None:  # until the next frame, judge availability by the new models
-            self._update_available(self._available)
+        # until the next frame, judge availability by the new models (and their skip reasons)
+        self._update_available(self._available)
 
     # ---------------------------------------------------------------- overlays
     def _set_options(self, **changes) -> None:
@@ -580,20 +584,44 @@ class MainWindow(QMainWindow):
         self.session.set_smoothing(strength)
         self.settings.smoothing = strength
 
+    def _missing_reason(self, key: str) -> str:
+        """Why an overlay has nothing to draw: the optional stage model that would draw it says
+        why it did not load (missing: with the fetch command; damaged), else what would."""
+        skipped = self.models_info.skipped if self.models_info is not None else {}
+        import app.pipeline.pipeline as chain
+
+        stage_models = {"landmarks68": getattr(chain, "LANDMARK_MODEL", None),
+                        "parsing": getattr(chain, "OCCLUSION_MODEL", None),
+                        "occlusion": getattr(chain, "OCCLUSION_MODEL", None)}
+        name = stage_models.get(key)
+        if name in skipped and name in self.store.models:  # listed, but not installed or damaged
+            return skipped[name]
+        return f"needs {next(s.provided_by for s in OVERLAYS if s.key == key)}"
+
     def _update_available(self, available: frozenset[str]) -> None:
-        """Enable the toggles the running models feed; the others say which model would."""
+        """Enable the toggles the running models feed; the others say which model would, in
+        their tooltip and in a line under the toggles ("not available with these models")."""
         self._available = available
+        missing, reasons = [], []
         for spec in OVERLAYS:
             action, check = self.overlay_actions[spec.key], self.overlay_checks[spec.key]
             on = spec.key in available
-            if action.isEnabled() == on and check.isEnabled() == on:
-                continue
+            if not on:
+                missing.append(spec.short)
+                reasons.append(f"<b>{spec.short}</b>: {self._missing_reason(spec.key)}")
             tip = (f"{spec.title} ({spec.shortcut})" if on
-                   else f"{spec.title}: not produced by the running models; needs {spec.provided_by}")
+                   else f"{spec.title}: not available with the running models; "
+                        f"{self._missing_reason(spec.key)}")
             action.setEnabled(on)
             check.setEnabled(on)
             action.setToolTip(tip)
             check.setToolTip(tip)
+        # one short line (the side panel's height belongs to the face cards); the reasons in
+        # its tooltip, as in each greyed toggle's
+        self.unavailable_label.setText(
+            "Not available with the running models/stages: " + ", ".join(missing) if missing else "")
+        self.unavailable_label.setToolTip("<br>".join(reasons))
+        self.unavailable_label.setVisible(bool(missing))
 
     # ---------------------------------------------------------------- drawing
     def _on_update(self) -> None:
@@ -633,9 +661,11 @@ class MainWindow(QMainWindow):
                                f"\nFrame {frame.index} · shown {self.frames_shown} · dropped {update.dropped}")
         latency = update.result.latency_ms
         stages = [s for s in (*STAGES, *sorted(set(latency) - set(STAGES) - {"frame"})) if s in latency]
-        lines = [f"{stage:<11}{latency[stage]:7.1f} ms" for stage in stages]
+        cells = [f"{stage:<10}{latency[stage]:6.1f} ms" for stage in stages]
         if "frame" in latency:
-            lines.append(f"{'total':<11}{latency['frame']:7.1f} ms")
+            cells.append(f"{'total':<10}{latency['frame']:6.1f} ms")
+        # two columns: the side panel's height belongs to the face cards
+        lines = ["   ".join(cells[i:i + 2]) for i in range(0, len(cells), 2)]
         self.latency_label.setText("\n".join(lines) or "no analysis (no detector loaded)")
 
     # ---------------------------------------------------------------- recording and snapshot

@@ -73,32 +73,43 @@ def main(argv: list[str] | None = None) -> int:
         shown_before = window.frames_shown
         _wait(app, args.seconds)
         demo = OccludedDemoSource()
-        if args.source == "demo":  # pause with the sunglasses in place over the face
 
-            def sunglasses_on() -> bool:
-                update = window.last_update
-                active = demo.active_pass(update.result.frame.index) if update else None
-                return bool(active and active[0].kind == "sunglasses" and abs(active[1]) < 0.3
-                            and update.result.faces)
+        def sunglasses_on() -> bool:
+            """The sunglasses sit on the face (not sliding) and the panel shows only the faces
+            in view (no stale card of a track lost on a slow machine)."""
+            update = window.last_update
+            if update is None or not update.result.faces:
+                return False
+            if args.source != "demo":
+                return True
+            active = demo.active_pass(update.result.frame.index)
+            cards = set(window.face_panel.cards)
+            return bool(active and active[0].kind == "sunglasses" and active[1] == 0.0
+                        and cards == {a.face.track_id for a in update.result.faces})
 
+        for _attempt in range(4):  # pause on a good frame; the frame in flight may spoil it: retry
             _wait(app, 15, sunglasses_on)
+            window.toggle_pause()
+            _wait(app, 0.8)
+            if sunglasses_on() or _attempt == 3:
+                break
+            window.toggle_pause()
         elapsed = time.monotonic() - started
         display_fps = (window.frames_shown - shown_before) / elapsed
         update = window.last_update
         report = {"display_fps": round(display_fps, 1),
                   "inference_fps": round(update.inference_fps, 1) if update else None,
                   "frames_shown": window.frames_shown, "dropped": update.dropped if update else None,
+                  "frame": update.result.frame.index if update else None,
                   "latency_ms": {k: round(v, 1) for k, v in (update.result.latency_ms if update else {}).items()},
                   "providers": window.models_info.providers if window.models_info else {},
                   "platform": QGuiApplication.platformName()}
-        window.toggle_pause()
-        _wait(app, 0.5)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             screen = window.screen()
             picture = screen.grabWindow(window.winId()) if QGuiApplication.platformName() == "xcb" \
                 else window.grab()
-            picture.save(str(args.out))
+            picture.save(str(args.out), "PNG", 0)  # quality 0: the strongest PNG compression
             report["screenshot"] = str(args.out)
         print(json.dumps(report, indent=2))
         window.close()

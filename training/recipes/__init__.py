@@ -28,7 +28,9 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = True
     optimizer: str = "sgd"  # sgd | adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     schedule: str = "cosine"  # cosine | step
+    cosine_epochs: float | None = None  # cosine horizon (T_max) in epochs; None = the run
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the epochs
     gamma: float = 0.1
     warmup_epochs: float = 1.0
@@ -37,6 +39,9 @@ class Recipe:
     patience: int = 10  # epochs without a better FER2013Valid accuracy before stopping
     color: str = "gray"  # InputSpec colour; gray faces are replicated to 3 channels
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: per-sample training extras (training.augment.AUX_KINDS) passed to the model's
+    #: `training_loss(..., aux={name: tensor})`; () = the plain (x, target) path
+    aux: tuple[str, ...] = ()
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The benchmark harness (`occlufer bench`): real models, real frames, a real JSON report.
+
+Speed itself is never asserted (it lives in BENCHMARKS.md); these tests check that the harness
+measures what it says: every stage the pipeline ran, the faces it was asked to tile, the
+providers and sha256s of the models, and the RSS curve of a soak.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app import REPO_ROOT
+from app.bench import bench_pipeline, load_frames, machine_info, tile_faces
+from app.pipeline.detector import RetinaFaceDetector
+from app.pipeline.pipeline import FacePipeline
+from app.runtime.providers import create_session
+
+
+@pytest.fixture(scope="module")
+def detector(retinaface_onnx) -> RetinaFaceDetector:
+    return RetinaFaceDetector(create_session(retinaface_onnx, "cpu", 1))
+
+
+@pytest.mark.parametrize("faces", [1, 4])
+def test_tiling_gives_the_detector_that_many_real_faces(detector, faces):
+    frame = load_frames("demo", 1)[0].image
+    tiled = tile_faces(frame, faces)
+    assert tiled.shape == frame.shape
+    assert len(detector(tiled)) == faces
+
+
+def test_the_report_covers_every_stage_and_the_soak_curve(detector):
+    pipeline = FacePipeline(detector=detector)
+    frames = load_frames("demo", 6, faces=4)
+    report = bench_pipeline(pipeline, frames, runs=12, warmup=2, rss_every=4)
+    assert report["frames"] == 12 and report["bad_frames"] == 0
+    assert report["faces_per_frame"] == 4.0
+    assert set(report["stage_ms"]) == {"detect", "track", "align", "expression"}
+    for stats in [report["frame_ms"], *report["stage_ms"].values()]:
+        assert 0 <= stats["p50"] <= stats["p95"] <= stats["p99"]
+    assert report["frame_ms"]["p50"] >= report["stage_ms"]["detect"]["p50"]
+    assert [i for i, _, _ in report["rss_curve"]] == [0, 4, 8]
+    assert all(mb > 10 for _, _, mb in report["rss_curve"])
+    assert report["fps"] > 0
+    assert machine_info()["logical_cores"] >= 1
+
+
+def test_occlufer_bench_writes_its_json(retinaface_onnx, tmp_path):
+    """The command as a user runs it, with the shipped expression model."""
+    out = tmp_path / "bench.json"
+    env = {"OCCLUFER_HOME": str(retinaface_onnx.parent.parent), "PATH": ""}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--frames", "5",
+                           "--warmup", "1", "--faces", "2", "--device", "cpu", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("occlufer bench --frames 5")
+    assert report["faces_per_frame"] == 2.0
+    assert report["models"]["resnet18_fast"]["provider"] == "CPU"
+    assert len(report["models"]["retinaface_mnet025"]["sha256"]) == 64
+    assert "expression" in report["stage_ms"]
+    assert "fps" in done.stdout and np.isfinite(report["fps"])

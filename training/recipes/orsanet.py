@@ -1,0 +1,80 @@
+"""ORSANet (seed 004) recipes.
+
+`paper` (Zhai et al. 2025, Sec. 4.2): the official code's network (IR units 3/4/14 at
+64/128/256 channels on a 112 px face - the code resizes its 224 px input to 112 for IR-50 -,
+512-d tokens on a 7 x 7 grid, 8 MCM layers, 8 heads, MLP ratio 2; 53 M parameters, ~7.6 GMAC
+without the priors' networks; the paper counts 60.2 M / 6.9 G trainable), Adam lr 1e-4
+(AdamW with weight decay 0), constant lr (the paper states none; the code decays x0.98 per
+epoch), batch 20, 400 epochs, L = CE + 0.1 DARE (Eq. 12). The code's 5-epoch label-smoothing
+warm-up, SAM optimiser and class-balanced sampler are not in the paper and not used. GPU only.
+
+What replaces the unavailable pre-trained parts (and what it costs is not measurable here,
+since none of the originals can be run): IR-50's MS-Celeb-1M weights -> from scratch;
+MobileFaceNet's 512 x 7 x 7 landmark features -> occlufer's 68 landmarks (FaceMesh teacher)
+as heat-maps through a trainable encoder; SegFace's Swin-B features -> a LaPa-layout label
+map, drawn from those landmarks with occluded pixels as background until occlufer has a
+parser. On FERPlus training faces (`aux`) the landmarks are the FERPlus template moved by
+the augmentation warp, and the parsing map is drawn from them with the synthetic occluder's
+mask cut out - so in training the dense prior knows *where the occluder is* (what a parser
+would see) and the sparse prior knows only the pose. At inference the app must feed the same
+two inputs (see `ORSANet.extra_inputs`); fed nothing, the ONNX uses the template defaults.
+
+`fast`: native 48 px, IR units 1/2/2 at 32/64/128 channels (6 x 6 map, kept as 36 tokens:
+patch_merge 1), 128-d tokens, 2 MCM layers, 4 heads, SPADE hidden 32; ~1.7 M parameters,
+~0.12 GMAC per face (1.5x ResNet-18 fast); AdamW lr 1e-3 cosine, half an epoch of warmup,
+wd 0.05, label smoothing 0.1, batch 64, 12 epochs, CE + 0.1 DARE (2-core CPU).
+"""
+
+from __future__ import annotations
+
+from training.augment import AugmentConfig
+from training.recipes import Recipe
+
+AUX = ("landmarks68", "parsing")
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        model_cfg={"img_size": 112, "units": (3, 4, 14), "channels": (64, 128, 256),
+                   "patch_merge": 2, "embed_dim": 512, "depth": 8, "heads": 8,
+                   "mlp_ratio": 2.0, "spade_hidden": 128, "heatmap_sigma": 1.0,
+                   "lambda_ce": 1.0, "lambda_dare": 0.1},
+        size=112,
+        epochs=400,
+        batch_size=20,
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.0,
+        schedule="step",
+        milestones=(),  # constant lr
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        patience=400,
+        augment=AugmentConfig(),
+        aux=AUX,
+        description="ORSANet (IR 3/4/14, 8 MCM layers, 512-d), 112 px, Adam lr 1e-4 constant, "
+                    "batch 20, 400 epochs, CE + 0.1 DARE (GPU)",
+    ),
+    "fast": Recipe(
+        name="fast",
+        model_cfg={"img_size": 48, "units": (1, 2, 2), "channels": (32, 64, 128),
+                   "patch_merge": 1, "embed_dim": 128, "depth": 2, "heads": 4,
+                   "mlp_ratio": 2.0, "spade_hidden": 32, "heatmap_sigma": 1.0,
+                   "lambda_ce": 1.0, "lambda_dare": 0.1},
+        size=48,
+        epochs=12,
+        batch_size=64,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_epochs=0.5,
+        label_smoothing=0.1,
+        patience=5,
+        augment=AugmentConfig(),
+        aux=AUX,
+        description="ORSANet (IR 1/2/2 at 32-128 ch, 2 MCM layers, 128-d), 48 px, AdamW lr "
+                    "1e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 12 epochs, "
+                    "CE + 0.1 DARE (2-core CPU)",
+    ),
+}
