@@ -51,3 +51,18 @@ def test_missing_and_wrong_files(tmp_path):
         create_session(text, device="cpu")
     with pytest.raises(OccluferError, match="Unknown device"):
         create_session(text, device="tpu")  # type: ignore[arg-type]
+
+
+def test_sessions_do_not_spin_unless_asked(retinaface_onnx, monkeypatch):
+    """Idle intra-op threads must not spin: the pipeline's sessions run one after another on
+    the same cores (BENCHMARKS.md: 12.7 -> 42 fps on 2 cores)."""
+    from app.runtime.providers import _options
+
+    assert _options(2, True).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("OCCLUFER_SPIN", "1")
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ort's default
+        _options(2, True).get_session_config_entry("session.intra_op.allow_spinning")
+    monkeypatch.delenv("OCCLUFER_SPIN")
+    session = create_session(retinaface_onnx, "cpu", 2)
+    assert session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"

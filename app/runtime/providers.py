@@ -52,6 +52,12 @@ def _options(threads: int | None, quiet: bool) -> ort.SessionOptions:
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # The pipeline runs several sessions one after another. With spinning on, each session's
+    # idle worker threads keep spinning while the next session runs and steal its cores:
+    # measured with 4 sessions x 2 threads on 2 cores, 12.7 fps with spinning vs the figures
+    # in BENCHMARKS.md without (OCCLUFER_SPIN=1 restores onnxruntime's default).
+    if os.environ.get("OCCLUFER_SPIN") != "1":
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 4 if quiet else 3
     return opts
 
