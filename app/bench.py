@@ -116,19 +116,22 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_name() -> str:
+    """The CPU model as the OS names it (Linux /proc/cpuinfo), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine_info() -> dict[str, str | int]:
     """What a benchmark row must name to be comparable: CPU model, cores, library versions."""
     import onnxruntime
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count() or 0, "machine": platform.machine(),
+    return {"cpu": cpu_name(), "logical_cores": os.cpu_count() or 0, "machine": platform.machine(),
             "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "opencv": cv2.__version__}

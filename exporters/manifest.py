@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,3 +83,17 @@ def register_model_entry(name: str, entry: dict[str, Any], manifest: Path | None
         data["models"][name] = entry
         _write_atomic(path, data)
     return path
+
+
+def copy_into_assets(name: str, onnx_path: Path, card: Path,
+                     manifest: Path | None = None) -> tuple[Path, Path]:
+    """Copy a trained model's ONNX and card beside the manifest (`models/<name>.onnx`,
+    `cards/<name>.md`), each landing by atomic rename, before its entry is registered."""
+    assets = (Path(manifest) if manifest else default_manifest_path()).parent
+    targets = (assets / "models" / f"{name}.onnx", assets / "cards" / f"{name}.md")
+    for source, target in zip((onnx_path, card), targets):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    return targets

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 
 import numpy as np
-import pytest
 
 from app.demo import (ASTRONAUT_LANDMARKS5, CYCLE_SECONDS, OCCLUDER_PASSES, OccludedDemoSource,
                       composite, demo_cycle_frames)

@@ -24,7 +24,7 @@ from app.session_rows import SessionSchema, class_column, expression_classes
 from app.ui.main_window import MainWindow
 from app.ui.settings import AppSettings
 from app.runtime.store import ModelStore
-from tests.app_support import (FERPLUS_CLASSES, SECOND_MODEL, SEVEN_CLASSES, SHIPPED_MODEL, face_frames,
+from tests.app_support import (FERPLUS_CLASSES, SEVEN_CLASSES, SHIPPED_MODEL, face_frames,
                                install_facemesh, make_store, sha256, write_video)
 
 WAIT_MS = 90_000  # generous: a loaded CI machine analyses a frame in seconds, not ms

@@ -30,10 +30,8 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -273,15 +271,9 @@ def git_commit() -> str:
 
 
 def hardware(device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} " \
+    from app.bench import cpu_name
+
+    text = f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} " \
            f"({torch.get_num_threads()} threads)"
     if device == "cuda" and torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}"
@@ -715,22 +707,16 @@ def publish(name: str, onnx_path: Path, card: Path, spec: InputSpec, classes: tu
             manifest: Path | None) -> Path:
     """Copy the ONNX and card beside the manifest (`models/`, `cards/`) and register them."""
     from app.runtime.store import default_manifest_path
-    from exporters.manifest import register_model_entry
+    from exporters.manifest import copy_into_assets, register_model_entry
     from training.evaluate import sha256_file
 
     manifest_path = Path(manifest) if manifest else default_manifest_path()
-    assets = manifest_path.parent
-    for source, target in ((onnx_path, assets / "models" / f"{name}.onnx"),
-                           (card, assets / "cards" / f"{name}.md")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+    onnx_copy, _ = copy_into_assets(name, onnx_path, card, manifest_path)
     accuracy = ", ".join(f"{k} {v['accuracy']:.2f} %" for k, v in reports.items())
     entry = {
         "task": "expression",
         "file": f"models/{name}.onnx",
-        "sha256": sha256_file(assets / "models" / f"{name}.onnx"),
+        "sha256": sha256_file(onnx_copy),
         "licence": LICENCE,
         "description": f"{recipe.description}. Test accuracy ({dataset}): {accuracy or 'n/a'}.",
         "sources": [{"kind": "asset"}],

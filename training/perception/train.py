@@ -25,9 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -509,22 +507,16 @@ def publish_perception(name: str, onnx_path: Path, card: Path, spec: InputSpec,
                        manifest: Path | None) -> Path:
     """Copy ONNX + card beside the manifest (`models/`, `cards/`) and register the entry."""
     from app.runtime.store import default_manifest_path
-    from exporters.manifest import register_model_entry
+    from exporters.manifest import copy_into_assets, register_model_entry
     from training.evaluate import sha256_file
 
     manifest_path = Path(manifest) if manifest else default_manifest_path()
-    assets = manifest_path.parent
-    for source, target in ((onnx_path, assets / "models" / f"{name}.onnx"),
-                           (card, assets / "cards" / f"{name}.md")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+    onnx_copy, _ = copy_into_assets(name, onnx_path, card, manifest_path)
     summary = report["summary"]
     entry = {
         "task": "occlusion",
         "file": f"models/{name}.onnx",
-        "sha256": sha256_file(assets / "models" / f"{name}.onnx"),
+        "sha256": sha256_file(onnx_copy),
         "licence": LICENCE + " Parsing targets from Google MediaPipe FaceMesh (Apache-2.0).",
         "description": (
             f"occlufer's occlusion map + face parsing U-Net ({recipe.size} px gray aligned face, "

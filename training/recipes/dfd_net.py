@@ -44,7 +44,7 @@ from pathlib import Path
 from app import REPO_ROOT
 from models.dfd_net import RAFDB_ATTRIBUTES
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 PAPER_EIFE_EPOCHS, PAPER_EXPRESSION_EPOCHS = 10, 60
 FAST_EIFE_EPOCHS, FAST_EXPRESSION_EPOCHS = 1, 14
@@ -77,23 +77,12 @@ RECIPES: dict[str, Recipe] = {
                     "T_max 100, batch 128, 60 expression epochs, from scratch (no AffectNet "
                     "pretraining; GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"width": 32, "small_input": True, "stem_stride": 2, "eifp": True,
                    "eife": "proxy", "eife_width": 16,
                    "eife_fraction": FAST_EIFE_EPOCHS / (FAST_EIFE_EPOCHS + FAST_EXPRESSION_EPOCHS),
                    "grl_lambda": 1.0},
-        size=48,
         epochs=FAST_EIFE_EPOCHS + FAST_EXPRESSION_EPOCHS,
-        batch_size=64,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         description="DFD-Net (width 32, stride-2 small stem; EIFP GRL/MI against a FERPlus "
                     "proxy EIFE, width 16, trained in-run for 1 epoch on photometric attributes "
                     "with a reversed expression head, NOT the paper's RAF-DB/Multi-PIE "

@@ -32,7 +32,7 @@ where it ran 224 img/s bare against resnet18-fast's 255). resnet18 fast runs 162
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -54,20 +54,9 @@ RECIPES: dict[str, Recipe] = {
                     "MS-Celeb-1M ResNet-18 is unavailable), Adam lr 1e-4 constant, batch 128, "
                     "200 epochs, lambda 0.6 (GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"width": 32, "small_input": True, "stem_stride": 2},
-        size=48,
         epochs=22,
-        batch_size=64,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         description="FFRA-Net (width 32, stride-2 small stem, 48 px, 3.6 M params) from "
                     "scratch, AdamW lr 2e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, "
                     "22 epochs, lambda 0.6 (2-core CPU)",

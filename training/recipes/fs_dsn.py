@@ -37,7 +37,7 @@ many small attention operators, suffers more than plain ResNets: keep the machin
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -62,20 +62,9 @@ RECIPES: dict[str, Recipe] = {
                     "AffectNet/RAF-DB pre-training is unavailable), SGD 0.9 lr 0.01 /10 every "
                     "20 epochs, 100 epochs, batch 128, wd 1e-4, 0.5/0.5 two-stream CE (GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"width": 16, "small_input": True, "stem_stride": 2},
-        size=48,
         epochs=22,
-        batch_size=64,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         description="FS-DSN (width 16, stride-2 small stem, 48 px, 3.2 M params) from scratch, "
                     "AdamW lr 2e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 22 epochs, "
                     "0.5/0.5 two-stream CE (2-core CPU)",

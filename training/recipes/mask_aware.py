@@ -28,7 +28,7 @@ fast's does (~3.5 min on 2 free cores).
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 AUX = ("occlusion", "landmarks68")
 
@@ -56,21 +56,10 @@ RECIPES: dict[str, Recipe] = {
                     "x0.2 / 6 epochs, wd 1e-4, batch 16, <=300 epochs, patience 20, "
                     "L_p + 0.6 L_m + 0.4 L_d (GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"width": 24, "ferm_strides": (1, 2, 1), "heatmap_sigma": 1.0,
                    "beta": 0.6, "gamma": 0.4},
-        size=48,
         epochs=14,
-        batch_size=64,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         aux=AUX,
         description="Mask-aware FOPM+EFFM+FERM (width 24), 48 px, AdamW lr 2e-3 cosine, "
                     "batch 64, wd 0.05, label smoothing 0.1, 14 epochs, "

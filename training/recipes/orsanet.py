@@ -28,7 +28,7 @@ wd 0.05, label smoothing 0.1, batch 64, 12 epochs, CE + 0.1 DARE (2-core CPU).
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 AUX = ("landmarks68", "parsing")
 
@@ -55,23 +55,13 @@ RECIPES: dict[str, Recipe] = {
         description="ORSANet (IR 3/4/14, 8 MCM layers, 512-d), 112 px, Adam lr 1e-4 constant, "
                     "batch 20, 400 epochs, CE + 0.1 DARE (GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"img_size": 48, "units": (1, 2, 2), "channels": (32, 64, 128),
                    "patch_merge": 1, "embed_dim": 128, "depth": 2, "heads": 4,
                    "mlp_ratio": 2.0, "spade_hidden": 32, "heatmap_sigma": 1.0,
                    "lambda_ce": 1.0, "lambda_dare": 0.1},
-        size=48,
         epochs=12,
-        batch_size=64,
-        optimizer="adamw",
         lr=1e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         aux=AUX,
         description="ORSANet (IR 1/2/2 at 32-128 ch, 2 MCM layers, 128-d), 48 px, AdamW lr "
                     "1e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 12 epochs, "

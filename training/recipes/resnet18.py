@@ -24,7 +24,7 @@ through the whole trainer with occlusion augmentation, i.e. ~3.5 min per FERPlus
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe
+from training.recipes import Recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -43,20 +43,9 @@ RECIPES: dict[str, Recipe] = {
         description="ResNet-18 from scratch, 64 px, small-input stem, SGD lr 0.1 cosine, "
                     "60 epochs, batch 128, wd 5e-4, label smoothing 0.1 (GPU)",
     ),
-    "fast": Recipe(
-        name="fast",
+    "fast": fast_recipe(
         model_cfg={"small_input": True, "stem_stride": 2, "width": 32, "drop_rate": 0.0},
-        size=48,
         epochs=14,
-        batch_size=64,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        label_smoothing=0.1,
-        patience=5,
-        augment=AugmentConfig(),
         description="ResNet-18 (width 32, stride-2 small stem), 48 px, AdamW lr 2e-3 cosine, "
                     "batch 64, wd 0.05, label smoothing 0.1, 14 epochs (2-core CPU)",
     ),
