@@ -110,12 +110,15 @@ def extract_tflite(dest_dir: Path) -> Path:
 def verification_inputs(ferplus_root: Path | None = None) -> dict[str, np.ndarray]:
     """Real face crops as the runtime makes them: name -> (3, 192, 192) float32 RGB in [0, 1].
 
-    The astronaut photo (scikit-image, public domain) cut around RetinaFace's box, and a few
-    FERPlus test faces upscaled 4x (48 -> 192 px) framed with MediaPipe's 1.5x margin."""
-    import skimage.data
+    The astronaut photo (public domain; the copy the app ships, so a runtime install with only
+    `[convert]` can build and check the model) cut around RetinaFace's box, and a few FERPlus
+    test faces upscaled 4x (48 -> 192 px) framed with MediaPipe's 1.5x margin when the data
+    set is at hand."""
+    from app import ASSETS_DIR
+    from app.sources import read_image
 
     crops: dict[str, np.ndarray] = {}
-    astronaut = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    astronaut = read_image(ASSETS_DIR / "samples" / "astronaut.jpg")
     face = Face(box=np.asarray(ASTRONAUT_BOX, np.float32), score=1.0,
                 landmarks5=np.zeros((5, 2), np.float32))
     crops["astronaut"] = facemesh_input(astronaut, roi_matrix(face, rotate=False))

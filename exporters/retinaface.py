@@ -46,9 +46,11 @@ def _shared_dir() -> Path:
 def verification_images(ferplus_root: Path | None = None) -> dict[str, np.ndarray]:
     """Real BGR images for the parity check: the astronaut photo and one FERPlus face upscaled
     4x (a 48x48 FERPlus face is too small to exercise the stride-8 heads as a real face)."""
-    import skimage.data
+    from app import ASSETS_DIR
+    from app.sources import read_image
 
-    images = {"astronaut": cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)}
+    # the app's shipped copy: `[train]` alone (no scikit-image) can build and check the model
+    images = {"astronaut": read_image(ASSETS_DIR / "samples" / "astronaut.jpg")}
     root = ferplus_root or _shared_dir() / "data" / "ferplus"
     sample = root / "FER2013Test" / "fer0032220.png"
     candidates = [sample] if sample.is_file() else sorted((root / "FER2013Test").glob("*.png"))[:1]

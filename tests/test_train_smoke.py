@@ -158,7 +158,8 @@ def test_a_real_sigkill_mid_run_resumes_to_the_same_weights(runs, ferplus_root, 
                                                             tmp_path):
     """Kill the training process for real (SIGKILL, no cleanup) once epoch 1 is saved."""
     out = tmp_path / "killed"
-    code = (
+    code = (  # the same torch thread count as this process: CPU sums depend on the split
+        f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
         "import sys; from pathlib import Path; from dataclasses import replace\n"
         "from training.recipes import get_recipe; from training.trainer import train\n"
         f"r = replace(get_recipe('resnet18', 'fast'), epochs=2, batch_size=32, "

@@ -205,7 +205,7 @@ def equivalent_command(data_root: Path, out_dir: Path, epochs: int | None, limit
 
 
 # --------------------------------------------------------------------------- train
-def train_perception(data_root: Path, out_dir: Path, epochs: int | None = None,
+def _train_perception(data_root: Path, out_dir: Path, epochs: int | None = None,
                      limit: int | None = None, seed: int = 0, resume: bool = False, *,
                      recipe: PerceptionRecipe | None = None, val_count: int = VAL_COUNT,
                      test_first: int | None = None, stop_after: int | None = None,
@@ -220,8 +220,6 @@ def train_perception(data_root: Path, out_dir: Path, epochs: int | None = None,
     `teacher` is a (FaceMeshLandmarker, onnx path) pair (default: facemesh_468 from the
     user's store)."""
     started_wall = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
     recipe = recipe or PerceptionRecipe()
     if epochs is not None:
         recipe = replace(recipe, epochs=int(epochs))
@@ -341,6 +339,19 @@ def train_perception(data_root: Path, out_dir: Path, epochs: int | None = None,
         test_first=test_first, register=register, manifest=manifest,
         occlusion_dir=occlusion_dir, threads=threads, teacher=teacher, progress=progress,
         started_wall=started_wall)
+
+
+def train_perception(*args: Any, threads: int | None = 2, **kwargs: Any) -> Path:
+    """`_train_perception` with torch's CPU thread count set to `threads` for the run only: the
+    caller's setting comes back afterwards, so a later run in the same process (a test, the
+    expression trainer) computes with the threads it expects."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train_perception(*args, threads=threads, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_perception_checkpoint(path: Path) -> tuple[PerceptionUNet, dict[str, Any]]:
