@@ -41,7 +41,7 @@ from torch import nn
 
 from models.attention import ShuffleAttention
 from models.registry import register_model
-from models.resnet import ResNet
+from models.resnet import ResNet, he_init
 
 FUSION_WEIGHT = 0.6  # lambda of Eq. 5: the local attention branch's share [P]
 
@@ -120,9 +120,7 @@ class FFRANet(ResNet):
         channels = width * 2 ** (cut - 1)
         self.multi_scale = MultiScaleModule(channels, ms_groups)
         self.local_attention = LocalAttentionModule(channels, tuple(la_grid), attention_groups)
-        for m in (*self.multi_scale.modules(), *self.local_attention.modules()):
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init((*self.multi_scale.modules(), *self.local_attention.modules()), batchnorm=False)
 
     def pre_extract(self, x: torch.Tensor) -> torch.Tensor:
         """Stem + the first `cut` stages: the intermediate map X."""

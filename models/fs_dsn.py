@@ -65,6 +65,7 @@ from torch import nn
 from models.losses import soft_cross_entropy
 from models.attention import CBAM, CoordinateAttention
 from models.registry import register_model
+from models.resnet import he_init, make_stem
 
 #: The feature-segmentation grid as fractions of the face crop, (x0, y0, x1, y1). The split is
 #: on the pre-extracted map, whose cells tile the crop, so these are also the crop regions.
@@ -142,12 +143,7 @@ class FSDSN(nn.Module):
         self.global_weight = float(global_weight)
         k1, k2, k3, k4 = kernels
         # -- PE: ResNet-18 conv1..conv3 (stem, layer1, layer2) with 9x9 / 7x7 kernels
-        if small_input:
-            self.conv1 = nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.conv1, self.maxpool = make_stem(in_chans, width, small_input, stem_stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = make_stage(width, width, 2, 1, k1, None)
@@ -164,12 +160,7 @@ class FSDSN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self.modules())
 
     # ------------------------------------------------------------------ regions
     @property

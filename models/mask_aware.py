@@ -44,7 +44,7 @@ from torch import nn
 
 from models.losses import soft_cross_entropy
 from models.registry import register_model
-from models.resnet import BasicBlock
+from models.resnet import BasicBlock, he_init
 
 NUM_LANDMARKS = 68
 
@@ -207,9 +207,7 @@ class MaskAwareNet(nn.Module):
         self.num_features = self.ferm.out_channels
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.classifier = nn.Linear(self.num_features, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init(self.modules(), batchnorm=False)
 
     def parse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything one pass computes: P, occlusion logits and probabilities, heat-maps,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.resnet import he_init, make_stem
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 with an identity (or projected) shortcut."""
@@ -58,12 +60,7 @@ class PreActResNet(nn.Module):
         super().__init__()
         # Stem conv -> BN -> ReLU (-> max-pool), as in the authors' ImageNet pre-act ResNet
         # (fb.resnet.torch `preresnet`); the small stem keeps the same BN-ReLU for symmetry.
-        if small_input:
-            self.conv1 = nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.conv1, self.maxpool = make_stem(in_chans, width, small_input, stem_stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=False)
         planes, in_planes, stages = width, width, []
@@ -77,12 +74,7 @@ class PreActResNet(nn.Module):
         self.stage_channels = tuple(width * 2 ** i for i in range(len(layers)))
         self.num_features = in_planes
         self.final_bn = nn.BatchNorm2d(in_planes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self.modules())
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, in_chans, S, S) -> [f_1, f_2, f_3, f_4]; f_4 after the final BN + ReLU."""

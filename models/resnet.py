@@ -17,10 +17,33 @@ Two stems:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from models.registry import register_model
+
+
+def make_stem(in_chans: int, width: int, small_input: bool,
+              stem_stride: int) -> tuple[nn.Conv2d, nn.Module]:
+    """The ResNet stem's conv and pool. 224 px faces take the ImageNet 7x7/2 conv and 3x3/2
+    max-pool; 48-64 px FER crops cannot afford that 4x reduction before the first block, so
+    they take one 3x3 conv of stride `stem_stride` and no pool."""
+    if small_input:
+        return nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False), nn.Identity()
+    return nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
+
+
+def he_init(modules: Iterable[nn.Module], batchnorm: bool = True) -> None:
+    """He (fan-out) initialisation of every convolution, and unit-scale / zero-shift
+    BatchNorm when `batchnorm`: the torchvision ResNet convention all our networks follow."""
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif batchnorm and isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class BasicBlock(nn.Module):
@@ -56,12 +79,7 @@ class ResNet(nn.Module):
                  stem_stride: int = 1, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.num_classes, self.in_chans = num_classes, in_chans
-        if small_input:
-            self.conv1 = nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.conv1, self.maxpool = make_stem(in_chans, width, small_input, stem_stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         planes, in_planes, stages = width, width, []
@@ -80,12 +98,7 @@ class ResNet(nn.Module):
     def _init_weights(self) -> None:
         # He init for convs; the last BN of each block starts at zero so every residual block
         # begins as an identity (Goyal et al. 2017), which steadies early training at lr 0.1.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self.modules())
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
