@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.pipeline.preprocess import InputSpec, prepare_batch
+from app.runtime.store import sha256_of as sha256_file  # the one sha256 of a file
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("probs", "cam")
@@ -146,14 +147,6 @@ def num_classes_of(model: nn.Module) -> int:
     if isinstance(classifier, nn.Linear):
         return classifier.out_features
     return int(model.num_classes)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(model: nn.Module) -> str:

@@ -15,7 +15,6 @@ normalised to 1, each cell also showing its count).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from app.errors import DatasetError, OccluferError
 from app.pipeline.preprocess import InputSpec, prepare_batch
+from app.runtime.store import sha256_of as sha256_file  # the one sha256 of a file
 from app.runtime.providers import create_session, session_provider
 from training.data import load_split
 
@@ -51,14 +51,6 @@ def model_metadata(session) -> tuple[InputSpec, tuple[str, ...], dict[str, str]]
                             "export it with exporters/classifier.py")
     spec = InputSpec.from_manifest(json.loads(meta["input"]))
     return spec, tuple(json.loads(meta["classes"])), meta
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def occluded_set_ready(kind_root: Path, split_folder: str) -> bool:
