@@ -18,6 +18,15 @@ OCCLUSION_CHOICES = ("none", "masked", "sunglasses", "objects", "hands", "block_
                      "block_lower", "block_left", "block_right", "all")
 
 
+def add_publish_args(parser: argparse.ArgumentParser) -> None:
+    """Where a finished run lands: every trainer registers its model the same way."""
+    parser.add_argument("--no-register", dest="register", action="store_false",
+                        help="do not copy the model into assets/ and the manifest")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="manifest to register in (default $OCCLUFER_MANIFEST or "
+                             "assets/manifest.json)")
+
+
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="network name (models.registry), e.g. resnet18")
@@ -39,11 +48,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="augmentation processes (default 0 on <= 2 cores; 0 = in the "
                              "training process)")
-    parser.add_argument("--no-register", dest="register", action="store_false",
-                        help="do not copy the model into assets/ and the manifest")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="manifest to register in (default $OCCLUFER_MANIFEST or "
-                             "assets/manifest.json)")
+    add_publish_args(parser)
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the occluded test sets are (default "
                              "$OCCLUFER_CACHE/occlusion_sets or ~/.cache/occlufer/occlusion_sets)")

@@ -224,6 +224,17 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_resume_identity(checkpoint: dict[str, Any], identity: dict[str, Any],
+                          path: Path) -> None:
+    """Refuse to resume a run that was started with other settings: its remaining epochs
+    would silently train a different model than the card will describe."""
+    mismatched = {k: (checkpoint["identity"].get(k), v) for k, v in identity.items()
+                  if checkpoint["identity"].get(k) != v}
+    if mismatched:
+        raise OccluferError(f"cannot resume {path}: it was started with different "
+                            f"settings (saved, now): {mismatched}")
+
+
 def rng_states() -> dict[str, Any]:
     states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
               "python": random.getstate()}
@@ -393,11 +404,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     state = RunState()
     if resume and last_path.exists():
         checkpoint = torch.load(last_path, map_location=torch_device, weights_only=False)
-        mismatched = {k: (checkpoint["identity"].get(k), v) for k, v in identity.items()
-                      if checkpoint["identity"].get(k) != v}
-        if mismatched:
-            raise OccluferError(f"cannot resume {last_path}: it was started with different "
-                                f"settings (saved, now): {mismatched}")
+        check_resume_identity(checkpoint, identity, last_path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])

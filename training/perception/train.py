@@ -40,9 +40,10 @@ from tqdm import tqdm
 from app.errors import OccluferError
 from app.pipeline.preprocess import InputSpec
 from models.perception import OCCLUDER, PARSING_CLASSES, PerceptionUNet
+from training.cli import add_publish_args
 from training.perception.data import AugmentSpec, FaceSet, fixed_occluded, make_batch
 from training.perception.evaluate import binary_scores, confusion, iou_per_class
-from training.trainer import (LICENCE, git_commit, hardware, restore_rng_states, rng_states,
+from training.trainer import (LICENCE, check_resume_identity, git_commit, hardware, restore_rng_states, rng_states,
                               save_atomic, seed_everything, write_metrics_csv)
 
 MODEL_NAME = "perception_unet64"
@@ -258,11 +259,7 @@ def _train_perception(data_root: Path, out_dir: Path, epochs: int | None = None,
     state = PerceptionState()
     if resume and last_path.exists():
         checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
-        mismatched = {k: (checkpoint["identity"].get(k), v) for k, v in identity.items()
-                      if checkpoint["identity"].get(k) != v}
-        if mismatched:
-            raise OccluferError(f"cannot resume {last_path}: it was started with different "
-                                f"settings (saved, now): {mismatched}")
+        check_resume_identity(checkpoint, identity, last_path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -566,11 +563,7 @@ def add_train_perception_args(parser) -> None:
                         help="continue the run in --out after its last finished epoch")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--name", default=MODEL_NAME, help="manifest entry name")
-    parser.add_argument("--no-register", dest="register", action="store_false",
-                        help="do not copy the model into assets/ and the manifest")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="manifest to register in (default $OCCLUFER_MANIFEST or "
-                             "assets/manifest.json)")
+    add_publish_args(parser)
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the stored occluded test sets are (default "
                              "~/.cache/occlufer/occlusion_sets); missing kinds are drawn in memory")
