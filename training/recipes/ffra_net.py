@@ -17,7 +17,8 @@ unstated one; synthetic occluders on half the faces unless `--no-occlusion-aug`.
 FFRA-Net can be started from a resnet18-fast checkpoint: the modules act on a 128x6x6 map
 (four 3x3 patches), layer4 gives a 3x3 CAM. 3.6 M parameters, 0.090 GMAC (resnet18 fast:
 2.8 M, 0.078). AdamW lr 2e-3 cosine, half an epoch of warmup, wd 0.05, label smoothing 0.1,
-batch 64, from scratch, 22 epochs, early stopping after 5 flat ones.
+batch 64, from scratch, 14 epochs (the resnet18 fast baseline's schedule, so the two differ only in
+architecture), early stopping after 5 flat ones.
 
 Sizing (measured 2026-12-01 on the 2-core AMD EPYC dev machine while other jobs shared it, so
 as a ratio to the house `resnet18` fast network timed in the same interleaved run, best of 4
@@ -26,7 +27,10 @@ training steps at batch 64): ffra_net fast costs 1.1-1.3x resnet18-fast per trai
 where it ran 224 img/s bare against resnet18-fast's 255). resnet18 fast runs 162 img/s bare and
 ~120 img/s through the trainer on the idle machine (its recipe), so ffra_net fast should run
 ~130 img/s bare and ~100 img/s through the trainer: ~4.2 min per FERPlus epoch (25,045 faces),
-~1.5 h for 22 epochs on an idle machine.
+~1 h for 14 epochs on an idle machine.
+Measured 2026-12-02 (idle machine, 1 torch thread, best of 4 steps at batch 64): 114 img/s
+bare against resnet18-fast's 143, so two 1-thread runs side by side finish 14 epochs in
+about 70 min each.
 """
 
 from __future__ import annotations
@@ -56,9 +60,9 @@ RECIPES: dict[str, Recipe] = {
     ),
     "fast": fast_recipe(
         model_cfg={"width": 32, "small_input": True, "stem_stride": 2},
-        epochs=22,
+        epochs=14,
         description="FFRA-Net (width 32, stride-2 small stem, 48 px, 3.6 M params) from "
                     "scratch, AdamW lr 2e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, "
-                    "22 epochs, lambda 0.6 (2-core CPU)",
+                    "14 epochs, lambda 0.6 (2-core CPU)",
     ),
 }

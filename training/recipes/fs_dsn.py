@@ -19,7 +19,8 @@ CAM), width 16 (all stages a quarter of the paper's: 3.2 M parameters, 0.115 GMA
 lr 2e-3 cosine with half an epoch of warmup, wd 0.05, label smoothing 0.1, batch 64 — the
 house fast settings of `resnet18`, chosen there because from-scratch SGD stalls on FERPlus
 within a CPU budget. The 9x9 and 7x7 kernels stay, and they dominate the cost (layer1 alone
-is 0.048 of its 0.115 GMAC). 22 epochs, early stopping after 5 flat ones.
+is 0.048 of its 0.115 GMAC). 14 epochs (the resnet18 fast baseline's schedule, so the two differ
+only in architecture), early stopping after 5 flat ones.
 
 Sizing (measured 2026-12-01 on the 2-core AMD EPYC dev machine while other jobs shared it, so
 as a ratio to the house `resnet18` fast network timed in the same interleaved run, best of 4
@@ -29,7 +30,8 @@ where it ran 184 img/s bare against resnet18-fast's 255); width 32 costs 3.8-4.6
 3.0x (channel counts that are not multiples of 16 run slowly on oneDNN). resnet18 fast runs 162
 img/s bare and ~120 img/s through the trainer on the idle machine (its recipe), so fs_dsn fast
 should run ~125 img/s bare and ~95 img/s through the trainer: ~4.4 min per FERPlus epoch
-(25,045 faces), ~1.6 h for 22 epochs on an idle machine (width 32 would allow ~10 epochs). On a
+(25,045 faces), ~1 h for 14 epochs on an idle machine (width 32 would allow ~6). Measured 2026-12-02
+(idle machine, 1 torch thread): 120 img/s bare against resnet18-fast's 143. On a
 loaded machine torch's two threads stall on every small operator and this network, with its
 many small attention operators, suffers more than plain ResNets: keep the machine to itself.
 """
@@ -64,9 +66,9 @@ RECIPES: dict[str, Recipe] = {
     ),
     "fast": fast_recipe(
         model_cfg={"width": 16, "small_input": True, "stem_stride": 2},
-        epochs=22,
+        epochs=14,
         description="FS-DSN (width 16, stride-2 small stem, 48 px, 3.2 M params) from scratch, "
-                    "AdamW lr 2e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 22 epochs, "
+                    "AdamW lr 2e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 14 epochs, "
                     "0.5/0.5 two-stream CE (2-core CPU)",
     ),
 }
