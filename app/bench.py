@@ -200,18 +200,72 @@ def bench_pipeline(pipeline, frames: Sequence, runs: int, warmup: int = 10,
     return report
 
 
+def agreement(pipeline, reference, frames: Sequence) -> dict:
+    """How far `pipeline` (a speed setting: following, a smaller detector side) strays from
+    `reference` (the detector at full side on every frame) on the same frames, in order.
+
+    Faces are paired by box IoU (> 0.3). Reported: faces the reference found and this one did
+    not (`missed`) or the reverse (`extra`), box IoU, five-point error in inter-ocular
+    distances, agreement of the top expression label, the mean total-variation distance between
+    the two probability vectors, and the share of frames on which the detector ran."""
+    from app.pipeline.tracker import iou_matrix
+
+    missed = extra = ref_faces = 0
+    ious, point_err, same_label, tv = [], [], [], []
+    detected_frames = 0
+    for frame in frames:
+        got, ref = pipeline.process(frame), reference.process(frame)
+        detected_frames += "detect" in got.latency_ms
+        ref_faces += len(ref.faces)
+        boxes_g = np.array([a.face.box for a in got.faces], np.float32).reshape(-1, 4)
+        boxes_r = np.array([a.face.box for a in ref.faces], np.float32).reshape(-1, 4)
+        iou = iou_matrix(boxes_r, boxes_g)
+        paired = set()
+        for r, truth in enumerate(ref.faces):
+            g = int(np.argmax(iou[r])) if iou.shape[1] else -1
+            if g < 0 or iou[r, g] <= 0.3 or g in paired:
+                missed += 1
+                continue
+            paired.add(g)
+            face = got.faces[g]
+            ious.append(float(iou[r, g]))
+            iod = float(np.linalg.norm(truth.face.landmarks5[0] - truth.face.landmarks5[1]))
+            point_err.append(float(np.linalg.norm(face.face.landmarks5 - truth.face.landmarks5,
+                                                  axis=1).mean()) / max(iod, 1e-6))
+            if face.probs is not None and truth.probs is not None:
+                same_label.append(face.label == truth.label)
+                tv.append(0.5 * float(np.abs(face.probs - truth.probs).sum()))
+        extra += len(got.faces) - len(paired)
+    return {
+        "frames": len(frames), "reference_faces": ref_faces, "missed": missed, "extra": extra,
+        "detector_share": round(detected_frames / max(len(frames), 1), 3),
+        "box_iou": _percentiles(ious) | ({"p5": round(float(np.percentile(ious, 5)), 3)} if ious else {}),
+        "landmarks5_error_iod": _percentiles(point_err),
+        "label_agreement": round(float(np.mean(same_label)), 4) if same_label else None,
+        "probs_tv": _percentiles(tv),
+    }
+
+
 def bench_command(args) -> int:
     """`occlufer bench`: the whole chain on a video (or the demo), printed and written as JSON."""
     from app.pipeline.pipeline import build_pipeline
     from app.runtime.store import ModelStore
 
     store = ModelStore(root=Path(args.store) if args.store else None)
-    frames = load_frames(args.source, min(args.frames, args.decode_frames), args.faces)
+    frames = load_frames(args.source, max(min(args.frames, args.decode_frames), args.agreement),
+                         args.faces)
     pipeline = build_pipeline(store, device=args.device, threads=args.threads,
                               detector_model=args.detector, score_threshold=args.score,
-                              expression_model=args.model)
+                              expression_model=args.model, max_side=args.detect_side,
+                              detect_every=args.detect_every)
     report = bench_pipeline(pipeline, frames, args.frames, warmup=args.warmup,
                             rss_every=args.rss_every)
+    if args.agreement:
+        reference = build_pipeline(store, device=args.device, threads=args.threads,
+                                   detector_model=args.detector, score_threshold=args.score,
+                                   expression_model=args.model)
+        pipeline.reset()
+        report["agreement"] = agreement(pipeline, reference, frames[:args.agreement])
     models = {name: {"provider": provider, "sha256": store.expected_sha256(name)}
               for name, provider in pipeline.providers.items()}
     report = {"command": "occlufer " + " ".join(args.argv), "date": time.strftime("%Y-%m-%d"),
@@ -228,6 +282,13 @@ def bench_command(args) -> int:
           f"{report['frame_ms']['p95']:.2f} p99 {report['frame_ms']['p99']:.2f} ms | "
           f"stage p50 ms: {stages} | faces/frame {report['faces_per_frame']} | "
           "providers " + ", ".join(f"{k}={v['provider']}" for k, v in models.items()))
+    if "agreement" in report:
+        a = report["agreement"]
+        print(f"vs detector at 640 on every frame ({a['frames']} frames): detector ran on "
+              f"{a['detector_share']:.0%}, missed {a['missed']}/{a['reference_faces']}, extra "
+              f"{a['extra']}, box IoU p50 {a['box_iou'].get('p50')} p5 {a['box_iou'].get('p5')}, "
+              f"5-point error p50 {a['landmarks5_error_iod'].get('p50')} IOD, same label "
+              f"{a['label_agreement']}, probs TV p50 {a['probs_tv'].get('p50')}")
     return 0
 
 
@@ -242,6 +303,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--model", default="resnet18_fast", help="expression model ('' for none)")
     p.add_argument("--rss-every", type=int, default=0,
                    help="record the process RSS every N frames (soak curve)")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also run the first N frames through the reference pipeline (detector "
+                        "at 640 on every frame) and report how far this setting strays from it")
     p.add_argument("--json", help="write the report here")
 
 

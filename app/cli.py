@@ -65,7 +65,8 @@ def _pipeline(args: argparse.Namespace):
 
     return build_pipeline(_store(args), device=args.device, threads=args.threads,
                           score_threshold=args.score, detector_model=args.detector,
-                          expression_model=getattr(args, "model", None))
+                          expression_model=getattr(args, "model", None),
+                          max_side=args.detect_side, detect_every=args.detect_every)
 
 
 def _face_json(face) -> dict:
@@ -128,7 +129,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     from app.ui.app_main import run_app  # Qt only when the window is asked for
 
     return run_app(source=args.source, model=args.model, device=args.device,
-                   threads=args.threads, detector=args.detector, store=_store(args))
+                   threads=args.threads, detector=args.detector, store=_store(args),
+                   pipeline_options={"max_side": args.detect_side,
+                                     "detect_every": args.detect_every})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -172,6 +175,12 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", type=float, default=0.5, help="face score threshold")
     p.add_argument("--detector", default="retinaface_mnet025",
                    help="face detector model from the store")
+    p.add_argument("--detect-side", type=int, default=640,
+                   help="longest side the detector sees (frames are scaled down to it; 320 is "
+                        "~4x cheaper and misses faces under ~20 px)")
+    p.add_argument("--detect-every", type=int, default=1,
+                   help="run the detector every N frames and follow faces by their landmarks "
+                        "in between (re-detects at once when a face is lost; 1 = every frame)")
     p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
                                    "or ~/.cache/occlufer/models)")
 

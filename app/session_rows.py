@@ -6,7 +6,8 @@ one row with `faces = 0` and empty face columns, so empty frames and dropped fra
 
 Columns, in order:
   timestamp (ISO 8601, local time with offset), frame, source_time, faces, face, track_id,
-  x1 y1 x2 y2, score, lm0_x … lm4_y                            (detection and tracking)
+  x1 y1 x2 y2, score, detected, lm0_x … lm4_y                  (detection and tracking;
+                                                                 detected 0 = followed by landmarks)
   model, label, confidence, smoothed_label, p_<class> …        (expression)
   occlusion_ratio, visible_regions, vis_<part> …               (occlusion stages, when present)
   <stage>_ms …, frame_ms                                       (latency per stage)
@@ -31,7 +32,8 @@ from app.pipeline.records import FaceAnalysis, FrameResult
 from app.runtime.store import ModelStore, sha256_of
 
 DETECTION_COLUMNS = (
-    ["timestamp", "frame", "source_time", "faces", "face", "track_id", "x1", "y1", "x2", "y2", "score"]
+    ["timestamp", "frame", "source_time", "faces", "face", "track_id", "x1", "y1", "x2", "y2", "score",
+     "detected"]
     + [f"lm{i}_{axis}" for i in range(5) for axis in "xy"]
 )
 EXPRESSION_COLUMNS = ["model", "label", "confidence", "smoothed_label"]
@@ -89,7 +91,8 @@ class SessionSchema:
 
     def _face_columns(self, index: int, analysis: FaceAnalysis, model: str | None) -> dict[str, Any]:
         face = analysis.face
-        row: dict[str, Any] = {"face": index, "track_id": face.track_id, "score": f"{face.score:.4f}"}
+        row: dict[str, Any] = {"face": index, "track_id": face.track_id, "score": f"{face.score:.4f}",
+                               "detected": int(face.detected)}
         row.update({k: f"{v:.1f}" for k, v in zip(("x1", "y1", "x2", "y2"), face.box)})
         for j, (x, y) in enumerate(face.landmarks5):
             row[f"lm{j}_x"], row[f"lm{j}_y"] = f"{x:.1f}", f"{y:.1f}"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app import REPO_ROOT
-from app.bench import bench_pipeline, load_frames, machine_info, tile_faces
+from app.bench import agreement, bench_pipeline, load_frames, machine_info, tile_faces
 from app.pipeline.detector import RetinaFaceDetector
 from app.pipeline.pipeline import FacePipeline
 from app.runtime.providers import create_session
@@ -48,6 +48,20 @@ def test_the_report_covers_every_stage_and_the_soak_curve(detector):
     assert all(mb > 10 for _, _, mb in report["rss_curve"])
     assert report["fps"] > 0
     assert machine_info()["logical_cores"] >= 1
+
+
+def test_agreement_is_exact_against_itself_and_measures_a_smaller_detector(retinaface_onnx):
+    frames = load_frames("demo", 4, faces=2)
+    session = create_session(retinaface_onnx, "cpu", 1)
+    reference = FacePipeline(detector=RetinaFaceDetector(session))
+    same = agreement(FacePipeline(detector=RetinaFaceDetector(session)), reference, frames)
+    assert same["reference_faces"] == 8 and same["missed"] == same["extra"] == 0
+    assert same["box_iou"]["p5"] == 1.0 and same["landmarks5_error_iod"]["p50"] == 0.0
+    assert same["detector_share"] == 1.0 and same["label_agreement"] is None  # no classifier
+    small = agreement(FacePipeline(detector=RetinaFaceDetector(session, max_side=320)),
+                      FacePipeline(detector=RetinaFaceDetector(session)), frames)
+    assert small["missed"] == 0 and 0.6 < small["box_iou"]["p50"] < 1.0
+    assert small["landmarks5_error_iod"]["p50"] > 0
 
 
 def test_occlufer_bench_writes_its_json(retinaface_onnx, tmp_path):

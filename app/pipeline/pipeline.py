@@ -19,12 +19,13 @@ from app.errors import BadFrameError, OccluferError
 from app.pipeline.alignment import align_face
 from app.pipeline.detector import RetinaFaceDetector
 from app.pipeline.expression import ExpressionClassifier
+from app.pipeline.face_following import RIGID_POINTS, inside_frame, move_face, similarity_between
 from app.pipeline.landmarks import MODEL_NAME as LANDMARK_MODEL
 from app.pipeline.landmarks import FaceMeshLandmarker
 from app.pipeline.occlusion_map import MODEL_NAME as OCCLUSION_MODEL
 from app.pipeline.occlusion_map import BiSeNetParser, OcclusionParsingModel
 from app.pipeline.records import AlignedFace, Face, FaceAnalysis, Frame, FrameResult
-from app.pipeline.regions import face_regions, update_visibility
+from app.pipeline.regions import update_visibility
 from app.pipeline.tracker import IouTracker
 from app.runtime.providers import Device, create_session, session_provider
 from app.runtime.store import ModelStore
@@ -45,13 +46,33 @@ class FacePipeline:
     occlusion: OcclusionParsingModel | None = None  # occlusion map + parsing + part visibility
     parser: BiSeNetParser | None = None  # a third-party parsing model; replaces the U-Net's parsing
 
+    #: Run the detector on every `detect_every`-th frame and follow the faces by their
+    #: landmarks in between (face_following.py); 1 = detect on every frame. Needs FaceMesh.
+    detect_every: int = 1
+    #: A followed face whose FaceMesh presence falls below this makes the frame re-detect.
+    min_presence: float = 0.5
+    _previous: list[FaceAnalysis] = field(default_factory=list, init=False, repr=False)
+    _followed: int = field(default=0, init=False, repr=False)  # frames since the last detection
+
+    def reset(self) -> None:
+        """Forget every face (a new source): ids restart and the next frame is detected."""
+        self.tracker.reset()
+        self._previous, self._followed = [], 0
+
     def process(self, frame: Frame) -> FrameResult:
         """Run every stage on one frame; a bad frame raises BadFrameError and changes nothing."""
         latency: dict[str, float] = {}
         t0 = time.perf_counter()
-        faces = self.detector(frame.image)[: self.max_faces]
+        followed = self._follow(frame.image) if self._follow_due() else None
         t1 = time.perf_counter()
-        latency["detect"] = (t1 - t0) * 1e3
+        follow_ms = (t1 - t0) * 1e3  # FaceMesh on the previous boxes, kept or not
+        if followed is None:
+            faces = self.detector(frame.image)[: self.max_faces]
+            marks = None
+            latency["detect"] = (time.perf_counter() - t1) * 1e3
+        else:
+            faces, marks = followed
+        t1 = time.perf_counter()
         self.tracker.update(faces)
         t2 = time.perf_counter()
         latency["track"] = (t2 - t1) * 1e3
@@ -63,10 +84,14 @@ class FacePipeline:
         latency["align"] = (t3 - t2) * 1e3
         landmarker = self.landmarker
         if landmarker is not None:
-            if analyses:
+            if marks is not None:  # the follow step already ran FaceMesh on this frame
+                for analysis, result in zip(analyses, marks):
+                    analysis.landmarks468, analysis.landmarks68 = result.landmarks468, result.landmarks68
+                    analysis.landmarks_presence = result.presence
+            elif analyses:
                 landmarker.annotate(frame.image, analyses)
             t3b = time.perf_counter()
-            latency["landmarks"] = (t3b - t3) * 1e3
+            latency["landmarks"] = (t3b - t3) * 1e3 + follow_ms
             t3 = t3b
         occlusion, parser = self.occlusion, self.parser
         if occlusion is not None or parser is not None:  # timed together as "occlusion"
@@ -78,16 +103,36 @@ class FacePipeline:
             t3 = t3c
         classifier = self.classifier  # one model for the whole frame, even if swapped meanwhile
         if classifier is not None and analyses:
-            probs, cam = classifier([a.aligned.crop for a in analyses])
-            for i, analysis in enumerate(analyses):
-                analysis.probs, analysis.classes = probs[i], classifier.classes
-                analysis.cam = None if cam is None else cam[i]
-                analysis.regions = face_regions(classifier.regions, analysis)
+            classifier.annotate(analyses)
         t4 = time.perf_counter()
         latency["expression"] = (t4 - t3) * 1e3
         update_visibility(analyses)  # last: regions x occlusion map, whichever stage made them
         latency["frame"] = (time.perf_counter() - t0) * 1e3
+        self._followed = 0 if followed is None else self._followed + 1
+        self._previous = analyses if all(a.landmarks468 is not None for a in analyses) else []
         return FrameResult(frame=frame, faces=analyses, latency_ms=latency)
+
+    def _follow_due(self) -> bool:
+        return (self.detect_every > 1 and self.landmarker is not None and bool(self._previous)
+                and self._followed + 1 < self.detect_every)
+
+    def _follow(self, image: np.ndarray) -> tuple[list[Face], list] | None:
+        """The previous frame's faces moved onto this one by FaceMesh, with its results; None
+        when a face is lost (low presence, off the frame) and the detector must run."""
+        previous = self._previous
+        results = self.landmarker(image, [a.face for a in previous])
+        height, width = image.shape[:2]
+        faces = []
+        for analysis, result in zip(previous, results):
+            if result.presence < self.min_presence:
+                return None
+            matrix = similarity_between(analysis.landmarks468[RIGID_POINTS],
+                                        result.landmarks468[RIGID_POINTS])
+            face = move_face(analysis.face, matrix)
+            if not inside_frame(face, width, height):
+                return None
+            faces.append(face)
+        return faces, results
 
 
 def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
@@ -96,17 +141,21 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
                    expression_model: str | None = None,
                    landmark_model: str | None = LANDMARK_MODEL,
                    occlusion_model: str | None = OCCLUSION_MODEL,
-                   parsing_model: str | None = None) -> FacePipeline:
+                   parsing_model: str | None = None, detect_every: int = 1) -> FacePipeline:
     """Load every model the pipeline needs from the store (sha256 checked).
 
     The landmark stage is optional: it runs when `landmark_model` is listed in the manifest
     and installed intact; otherwise `pipeline.skipped` says why (and with which command to
     get it), and everything else runs as before. A missing detector or expression model
-    raises, as before."""
+    raises, as before. `max_side` is the detector's input bound (320 runs it ~4x cheaper and
+    misses faces under ~20 px); `detect_every` > 1 follows faces by FaceMesh in between."""
+    if detect_every < 1:
+        raise ValueError(f"detect_every must be at least 1, not {detect_every}")
     store = store or ModelStore()
     session = create_session(store.verified_path(detector_model), device, threads)
     detector = RetinaFaceDetector(session, score_threshold=score_threshold, max_side=max_side)
-    pipeline = FacePipeline(detector=detector, providers={detector_model: session_provider(session)})
+    pipeline = FacePipeline(detector=detector, providers={detector_model: session_provider(session)},
+                            detect_every=detect_every)
     if expression_model:
         pipeline.classifier = ExpressionClassifier.from_store(expression_model, store, device, threads)
         pipeline.providers[expression_model] = pipeline.classifier.provider

@@ -29,6 +29,9 @@ class Face:
     score: float
     landmarks5: np.ndarray  # (5, 2) float32: right eye, left eye (image left->right), nose, mouth right, mouth left
     track_id: int = -1
+    #: False when the face was carried from the previous frame by its landmarks instead of
+    #: found by the detector on this one (`FacePipeline.detect_every` > 1).
+    detected: bool = True
 
     @property
     def width(self) -> float:

@@ -32,7 +32,8 @@ def apply_dark_theme(app: QApplication) -> None:
 
 def run_app(source: str | None = None, model: str | None = None, device: str = "auto",
             threads: int | None = None, detector: str = "retinaface_mnet025",
-            store: ModelStore | None = None) -> int:
+            store: ModelStore | None = None, pipeline_options: dict | None = None) -> int:
+    """`pipeline_options`: further `build_pipeline` arguments (detector side, detect_every)."""
     from app.ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -40,6 +41,7 @@ def run_app(source: str | None = None, model: str | None = None, device: str = "
     app.setOrganizationName("occlufer")
     apply_dark_theme(app)
     window = MainWindow(store=store, source=source, model=model,
-                        device=None if device == "auto" else device, threads=threads, detector=detector)
+                        device=None if device == "auto" else device, threads=threads, detector=detector,
+                        pipeline_options=pipeline_options)
     window.show()
     return int(app.exec())

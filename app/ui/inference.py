@@ -87,11 +87,13 @@ class InferenceThread(QThread):
     def __init__(self, slot: LatestFrameSlot, store: ModelStore, device: Device = "auto",
                  threads: int | None = None, detector_model: str = "retinaface_mnet025",
                  expression_model: str | None = None, smoothing: float = DEFAULT_STRENGTH,
-                 history_seconds: float = 10.0) -> None:
+                 history_seconds: float = 10.0, pipeline_options: dict | None = None) -> None:
         super().__init__()
         self.slot, self.store, self.threads = slot, store, threads
         self.device: Device = device
         self.detector_model = detector_model
+        #: further `build_pipeline` arguments (max_side, detect_every), kept across rebuilds
+        self.pipeline_options = dict(pipeline_options or {})
         self.wanted_expression = expression_model
         self.pipeline: FacePipeline | None = None
         self.expression_name: str | None = None
@@ -255,7 +257,8 @@ class InferenceThread(QThread):
         """(Re)load every model on `device`; on failure keep what runs and say why."""
         try:
             pipeline = build_pipeline(self.store, device=device, threads=self.threads,
-                                      detector_model=self.detector_model)
+                                      detector_model=self.detector_model,
+                                      **self.pipeline_options)
         except OccluferError as exc:
             self._model_error(self.detector_model, exc)
             self._emit_models()
@@ -353,7 +356,7 @@ class InferenceThread(QThread):
     # ---------------------------------------------------------------- source and recording
     def _new_source(self, info: dict[str, Any]) -> None:
         if self.pipeline is not None:
-            self.pipeline.tracker.reset()
+            self.pipeline.reset()
         self.smoother.reset()
         self.history.clear()
         self._faceless = 0

@@ -37,12 +37,13 @@ class LiveSession(QObject):
 
     def __init__(self, store: ModelStore, device: Device = "auto", threads: int | None = None,
                  detector_model: str = "retinaface_mnet025", expression_model: str | None = None,
-                 smoothing: float = DEFAULT_STRENGTH) -> None:
+                 smoothing: float = DEFAULT_STRENGTH, pipeline_options: dict | None = None) -> None:
         super().__init__()
         self.store = store
         self.slot = LatestFrameSlot()
         self.inference = InferenceThread(self.slot, store, device, threads, detector_model,
-                                         expression_model, smoothing)
+                                         expression_model, smoothing,
+                                         pipeline_options=pipeline_options)
         self.inference.updated.connect(self.updated)
         self.inference.notice.connect(self.notice)
         self.inference.notice_cleared.connect(self.notice_cleared)

@@ -65,7 +65,8 @@ def _record_icon() -> QIcon:
 class MainWindow(QMainWindow):
     def __init__(self, store: ModelStore | None = None, settings: AppSettings | None = None,
                  source: str | None = None, model: str | None = None, device: str | None = None,
-                 threads: int | None = None, detector: str = "retinaface_mnet025") -> None:
+                 threads: int | None = None, detector: str = "retinaface_mnet025",
+                 pipeline_options: dict | None = None) -> None:
         super().__init__()
         self.store = store or ModelStore()
         self.settings = settings or AppSettings()
@@ -86,7 +87,7 @@ class MainWindow(QMainWindow):
             initial_model = (installed or expression_models or [None])[0]
         initial_device = device or self.settings.device
         self.session = LiveSession(self.store, initial_device, threads, detector, initial_model,
-                                   self.settings.smoothing)
+                                   self.settings.smoothing, pipeline_options)
 
         self._build_actions()
         self._build_toolbar(expression_models, initial_model, initial_device)
