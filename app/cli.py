@@ -260,12 +260,19 @@ def _add_training_commands(sub, load: bool) -> None:
         perception = _torch_side("training.perception.train")
         perception.add_train_perception_args(p)
         p.set_defaults(func=perception.run_train_perception)
+    p = sub.add_parser("train-landmarks", help="train the occlusion-robust 68-point landmark "
+                                               "student (needs [train])")
+    if load:
+        student = _torch_side("training.landmark_student")
+        student.add_args(p)
+        p.set_defaults(func=lambda args: student.main(args.argv[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        wants_training = bool(argv) and argv[0] in ("train", "eval", "train-perception")
+        wants_training = bool(argv) and argv[0] in ("train", "eval", "train-perception",
+                                                     "train-landmarks")
         args = build_parser(training=wants_training).parse_args(argv)
         args.argv = list(argv)
         return int(args.func(args) or 0)

@@ -143,16 +143,18 @@ def draw_landmarks5(canvas: np.ndarray, analysis: FaceAnalysis, options: Overlay
 
 
 def draw_landmarks68(canvas: np.ndarray, analysis: FaceAnalysis, options: OverlayOptions) -> None:
-    """68 points joined by feature (jaw, brows, nose, eyes, lips)."""
+    """68 points joined by feature (jaw, brows, nose, eyes, lips); hidden points in red."""
     points = np.asarray(analysis.landmarks68, dtype=np.float32).reshape(-1, 2)
     s = _scale(canvas)
     if len(points) == 68:
         for start, stop, closed in LANDMARK68_GROUPS:
             poly = np.round(points[start:stop]).astype(np.int32)
             cv2.polylines(canvas, [poly], closed, (60, 255, 160), max(1, int(round(s))), cv2.LINE_AA)
-    for x, y in points:
+    visible = analysis.landmarks_visibility
+    for i, (x, y) in enumerate(points):  # a point the landmark student calls hidden is red
+        hidden = visible is not None and i < len(visible) and visible[i] < 0.5
         cv2.circle(canvas, (int(round(x)), int(round(y))), max(1, int(round(1.5 * s))),
-                   (255, 255, 255), cv2.FILLED, cv2.LINE_AA)
+                   (60, 60, 255) if hidden else (255, 255, 255), cv2.FILLED, cv2.LINE_AA)
 
 
 def draw_regions(canvas: np.ndarray, analysis: FaceAnalysis, options: OverlayOptions) -> None:

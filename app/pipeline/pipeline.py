@@ -22,6 +22,8 @@ from app.pipeline.expression import ExpressionClassifier
 from app.pipeline.face_following import RIGID_POINTS, inside_frame, move_face, similarity_between
 from app.pipeline.landmarks import MODEL_NAME as LANDMARK_MODEL
 from app.pipeline.landmarks import FaceMeshLandmarker
+from app.pipeline.landmarks_student import MODEL_NAME as STUDENT_MODEL
+from app.pipeline.landmarks_student import StudentLandmarker
 from app.pipeline.occlusion_map import MODEL_NAME as OCCLUSION_MODEL
 from app.pipeline.occlusion_map import BiSeNetParser, OcclusionParsingModel
 from app.pipeline.records import AlignedFace, Face, FaceAnalysis, Frame, FrameResult
@@ -42,6 +44,7 @@ class FacePipeline:
     classifier: ExpressionClassifier | None = None  # swap at any time; read once per frame
     providers: dict[str, str] = field(default_factory=dict)  # model name -> provider it runs on
     landmarker: FaceMeshLandmarker | None = None  # 468 + 68 points in frame coordinates
+    student: StudentLandmarker | None = None  # occlusion-robust 68 points + visibility, after FaceMesh
     skipped: dict[str, str] = field(default_factory=dict)  # optional model -> why it is not loaded
     occlusion: OcclusionParsingModel | None = None  # occlusion map + parsing + part visibility
     parser: BiSeNetParser | None = None  # a third-party parsing model; replaces the U-Net's parsing
@@ -82,14 +85,16 @@ class FacePipeline:
             analyses.append(FaceAnalysis(face=face, aligned=aligned))
         t3 = time.perf_counter()
         latency["align"] = (t3 - t2) * 1e3
-        landmarker = self.landmarker
-        if landmarker is not None:
+        landmarker, student = self.landmarker, self.student
+        if landmarker is not None or student is not None:
             if marks is not None:  # the follow step already ran FaceMesh on this frame
                 for analysis, result in zip(analyses, marks):
                     analysis.landmarks468, analysis.landmarks68 = result.landmarks468, result.landmarks68
                     analysis.landmarks_presence = result.presence
-            elif analyses:
+            elif landmarker is not None and analyses:
                 landmarker.annotate(frame.image, analyses)
+            if student is not None and analyses:
+                student.annotate(frame.image, analyses)
             t3b = time.perf_counter()
             latency["landmarks"] = (t3b - t3) * 1e3 + follow_ms
             t3 = t3b
@@ -141,7 +146,8 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
                    expression_model: str | None = None,
                    landmark_model: str | None = LANDMARK_MODEL,
                    occlusion_model: str | None = OCCLUSION_MODEL,
-                   parsing_model: str | None = None, detect_every: int = 1) -> FacePipeline:
+                   parsing_model: str | None = None, detect_every: int = 1,
+                   student_model: str | None = STUDENT_MODEL) -> FacePipeline:
     """Load every model the pipeline needs from the store (sha256 checked).
 
     The landmark stage is optional: it runs when `landmark_model` is listed in the manifest
@@ -161,6 +167,9 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
         pipeline.providers[expression_model] = pipeline.classifier.provider
     if landmark_model:
         _attach_landmarks(pipeline, store, landmark_model, device, threads)
+    if student_model:  # optional in the same way
+        _attach_landmarks(pipeline, store, student_model, device, threads,
+                          attribute="student", loader=StudentLandmarker.from_store)
     if occlusion_model:  # optional in the same way as the landmarks
         _attach_landmarks(pipeline, store, occlusion_model, device, threads,
                           attribute="occlusion", loader=OcclusionParsingModel.from_store)

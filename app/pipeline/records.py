@@ -86,6 +86,7 @@ class FaceAnalysis:
     landmarks68: np.ndarray | None = None  # (68, 2) float32, frame coordinates, iBUG 300-W order
     landmarks468: np.ndarray | None = None  # (468, 2) float32, frame coordinates, MediaPipe FaceMesh order
     landmarks_presence: float | None = None  # landmark model's P(face in its ROI), 0..1
+    landmarks_visibility: np.ndarray | None = None  # (68,) float32 P(point not occluded), landmark student
     parsing: np.ndarray | None = None  # (h, w) uint8 class index per pixel, crop coordinates
     parsing_classes: tuple[str, ...] = ()  # names for `parsing` values; index 0 is background
     occlusion: np.ndarray | None = None  # (h, w) float32 in [0, 1], P(pixel occluded), crop coordinates

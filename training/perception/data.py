@@ -78,7 +78,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def _jitter_matrix(rng: np.random.Generator, size: int, spec: AugmentSpec) -> np.ndarray:
+def jitter_matrix(rng: np.random.Generator, size: int, spec: AugmentSpec) -> np.ndarray:
     angle = float(np.clip(rng.normal(0, spec.rotate_deg), -2 * spec.rotate_deg, 2 * spec.rotate_deg))
     scale = float(np.exp(np.clip(rng.normal(0, spec.scale), -2 * spec.scale, 2 * spec.scale)))
     shift = np.clip(rng.normal(0, spec.shift, 2), -2 * spec.shift, 2 * spec.shift) * size
@@ -111,7 +111,7 @@ def make_sample(image: np.ndarray, parsing: np.ndarray, rng: np.random.Generator
     if augment and spec is not None:
         if spec.flip and rng.random() < 0.5:
             img, alpha, labels = img[:, ::-1], alpha[:, ::-1], FLIP_LUT[labels[:, ::-1]]
-        matrix = _jitter_matrix(rng, size, spec)
+        matrix = jitter_matrix(rng, size, spec)
         img = cv2.warpAffine(np.ascontiguousarray(img), matrix, (size, size), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(np.ascontiguousarray(alpha), matrix, (size, size), flags=cv2.INTER_LINEAR,
