@@ -80,3 +80,19 @@ def test_occlufer_bench_writes_its_json(retinaface_onnx, tmp_path):
     assert len(report["models"]["retinaface_mnet025"]["sha256"]) == 64
     assert "expression" in report["stage_ms"]
     assert "fps" in done.stdout and np.isfinite(report["fps"])
+
+
+def test_soak_verdict_tells_a_leak_from_a_flat_run(tmp_path):
+    """`app.soak`'s judgement on known curves, and its CSV reader on a real session file
+    layout (one latency per frame, whatever the number of faces)."""
+    from app.soak import frame_latencies, judge
+
+    times = np.arange(100, dtype=float)
+    latency = np.full(1000, 12.0)
+    flat = judge(times, np.r_[np.linspace(20, 150, 10), np.full(90, 150.0)], latency)
+    assert flat["rss_flat_within_5_percent"] and flat["latency_flat_within_10_percent"]
+    leak = judge(times, np.linspace(150, 180, 100), np.linspace(10, 14, 1000))
+    assert not leak["rss_flat_within_5_percent"] and not leak["latency_flat_within_10_percent"]
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("frame,face,frame_ms\n0,0,10.5\n0,1,10.5\n1,0,11.0\n2,,9.0\n")
+    assert frame_latencies(csv_path).tolist() == [10.5, 11.0, 9.0]

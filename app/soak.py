@@ -1,0 +1,143 @@
+"""Soak check: a long `occlufer run` (recording a CSV) with its memory and latency watched.
+
+A live tool that leaks a little per frame dies after an hour on a lab's webcam, and a tool
+whose latency creeps up falls behind; neither shows in a 300-frame benchmark. This script
+runs the real command as a user would (the built-in demo looped, which renders a new frame
+each time, every stage on, the CSV flushed as it goes), samples the child's resident memory
+from /proc every `--every` seconds, then reads the per-frame latency back from the CSV it
+wrote. It reports (JSON) and draws (PNG) both curves, and judges them: memory flat within
+5 % between the end of warm-up (the first 10 % of the run) and the end; latency's median over
+the last 10 % of frames within 10 % of that over the 10-20 % window.
+
+`python -m app.soak --video-minutes 30 --out soak/` (Linux: /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FPS = 30.0  # the demo source's frame rate: N minutes of video = N * 60 * 30 frames
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def frame_latencies(csv_path: Path) -> np.ndarray:
+    """frame_ms of every frame (one value per frame, the first row of each)."""
+    seen, values = set(), []
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            frame = row["frame"]
+            if frame in seen or not row.get("frame_ms"):
+                continue
+            seen.add(frame)
+            values.append(float(row["frame_ms"]))
+    return np.asarray(values)
+
+
+def judge(times: np.ndarray, rss: np.ndarray, latency: np.ndarray) -> dict:
+    n = len(rss)
+    warm = rss[int(n * 0.1):max(int(n * 0.2), int(n * 0.1) + 1)]
+    end = rss[int(n * 0.9):]
+    rss_change = float((np.median(end) - np.median(warm)) / np.median(warm) * 100)
+    m = len(latency)
+    early = float(np.median(latency[int(m * 0.1):int(m * 0.2)]))
+    late = float(np.median(latency[int(m * 0.9):]))
+    return {
+        "rss_mb_after_warmup": round(float(np.median(warm)), 1),
+        "rss_mb_end": round(float(np.median(end)), 1),
+        "rss_mb_max": round(float(rss.max()), 1),
+        "rss_change_percent": round(rss_change, 2),
+        "rss_flat_within_5_percent": abs(rss_change) <= 5.0,
+        "frame_ms_median_10_20_percent": round(early, 2),
+        "frame_ms_median_last_10_percent": round(late, 2),
+        "latency_change_percent": round((late - early) / early * 100, 2),
+        "latency_flat_within_10_percent": abs(late - early) <= 0.1 * early,
+        "frames": int(m),
+        "wall_minutes": round(float(times[-1] / 60), 2) if len(times) else 0.0,
+    }
+
+
+def plot(times: np.ndarray, rss: np.ndarray, latency: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), dpi=100)
+    top.plot(times / 60, rss, lw=1.2)
+    top.set_ylabel("RSS (MB)")
+    top.set_xlabel("wall time (min)")
+    top.set_ylim(0, rss.max() * 1.15)
+    window = max(1, len(latency) // 200)
+    rolling = np.convolve(latency, np.ones(window) / window, mode="valid")
+    bottom.plot(np.arange(len(rolling)) / FPS / 60, rolling, lw=1.0)
+    bottom.set_ylabel(f"frame ms (mean of {window})")
+    bottom.set_xlabel("video time (min)")
+    bottom.set_ylim(0, np.percentile(rolling, 99.5) * 1.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video-minutes", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, required=True, help="folder for session.csv, soak.json, soak.png")
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between RSS samples")
+    parser.add_argument("--model", default="resnet18_fast")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--detect-every", type=int, default=1)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frames = int(args.video_minutes * 60 * FPS)
+    command = [sys.executable, "-m", "app.cli", "run", "--source", "demo", "--loop",
+               "--max-frames", str(frames), "--out", str(args.out / "session.csv"),
+               "--model", args.model, "--device", "cpu", "--threads", str(args.threads),
+               "--detect-every", str(args.detect_every)]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    times, rss = [], []
+    while child.poll() is None:
+        value = rss_mb(child.pid)
+        if value is not None:
+            times.append(time.perf_counter() - started)
+            rss.append(value)
+        time.sleep(args.every)
+    err = child.stderr.read() if child.stderr else ""
+    if child.returncode != 0:
+        print(f"occlufer run failed ({child.returncode}):\n{err[-2000:]}", file=sys.stderr)
+        return 1
+    latency = frame_latencies(args.out / "session.csv")
+    t, r = np.asarray(times), np.asarray(rss)
+    verdict = judge(t, r, latency)
+    report = {"command": " ".join(["occlufer", *command[3:]]), "date": time.strftime("%Y-%m-%d"),
+              "video_minutes": args.video_minutes, **verdict,
+              "rss_curve": [[round(a, 1), round(b, 1)] for a, b in zip(times, rss)]}
+    (args.out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+    title = (f"occlufer run, demo looped {args.video_minutes:g} min of video, {args.threads} thread(s), "
+             f"detect every {args.detect_every}: RSS {verdict['rss_change_percent']:+.1f} %, "
+             f"latency {verdict['latency_change_percent']:+.1f} %")
+    plot(t, r, latency, title, args.out / "soak.png")
+    print(json.dumps(verdict, indent=2))
+    return 0 if verdict["rss_flat_within_5_percent"] and verdict["latency_flat_within_10_percent"] else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
