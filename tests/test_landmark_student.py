@@ -124,3 +124,50 @@ def test_tiny_run_trains_exports_evaluates_and_runs_live(ferplus_root: Path, tea
     raw, visibility = stage([crop])
     np.testing.assert_allclose(analysis.landmarks68, raw[0] * 112 - 0.5 + [40, 30], atol=1e-4)
     assert analysis.landmarks_visibility.shape == (68,) and ((visibility >= 0) & (visibility <= 1)).all()
+
+
+# ------------------------------------------------------------------ the shipped student
+@pytest.fixture(scope="module")
+def shipped_student():
+    from app import ASSETS_DIR
+    from app.runtime.store import ModelStore
+
+    store = ModelStore(root=ASSETS_DIR / "no-user-store", manifest=ASSETS_DIR / "manifest.json")
+    return StudentLandmarker.from_store("landmarks68_student", store, "cpu", 1)
+
+
+def _astronaut_analysis(retinaface_onnx, image, face=None):
+    from app.pipeline.alignment import align_face
+    from app.pipeline.detector import RetinaFaceDetector
+
+    face = face or RetinaFaceDetector(create_session(retinaface_onnx, "cpu", 1))(image)[0]
+    return face, FaceAnalysis(face=face, aligned=align_face(image, face, 112))
+
+
+def test_shipped_student_lands_on_the_eyes_and_mouth(shipped_student, retinaface_onnx, astronaut_bgr):
+    face, analysis = _astronaut_analysis(retinaface_onnx, astronaut_bgr)
+    shipped_student.annotate(astronaut_bgr, [analysis])
+    points = analysis.landmarks68
+    iod = float(np.linalg.norm(face.landmarks5[0] - face.landmarks5[1]))
+    assert np.linalg.norm(points[36:42].mean(0) - face.landmarks5[0]) < 0.2 * iod
+    assert np.linalg.norm(points[42:48].mean(0) - face.landmarks5[1]) < 0.2 * iod
+    assert np.linalg.norm(points[48:68].mean(0) - face.landmarks5[3:5].mean(0)) < 0.25 * iod
+    assert analysis.landmarks_visibility[36:48].mean() > 0.5  # a clean face: eyes visible
+
+
+def test_shipped_student_keeps_the_eyes_under_sunglasses_and_calls_them_hidden(
+        shipped_student, retinaface_onnx, astronaut_bgr):
+    from app.occlusion import synthesize
+
+    face, _ = _astronaut_analysis(retinaface_onnx, astronaut_bgr)
+    occluded, mask = synthesize(astronaut_bgr, "sunglasses", np.random.default_rng(0), face.landmarks5)
+    eyes = face.landmarks5[:2].astype(int)
+    assert (mask[eyes[:, 1], eyes[:, 0]] >= 0.5).all()  # these glasses do cover both eyes
+    _, analysis = _astronaut_analysis(retinaface_onnx, occluded, face)  # same framing as clean
+    shipped_student.annotate(occluded, [analysis])
+    points, visible = analysis.landmarks68, analysis.landmarks_visibility
+    iod = float(np.linalg.norm(face.landmarks5[0] - face.landmarks5[1]))
+    assert visible[36:48].mean() < 0.5, visible[36:48]
+    assert visible[48:68].mean() > 0.5, visible[48:68]
+    assert np.linalg.norm(points[36:42].mean(0) - face.landmarks5[0]) < 0.25 * iod
+    assert np.linalg.norm(points[42:48].mean(0) - face.landmarks5[1]) < 0.25 * iod

@@ -479,6 +479,7 @@ def publish(onnx_path: Path, card: Path, report: dict[str, Any], manifest: Path 
             "Reproduce: occlufer train-landmarks (see the card)."),
         "sources": [{"kind": "asset"}],
         "input": InputSpec(size=64, color="gray", channels=1).to_manifest(),
+        "classes": [],  # a landmark model: no classes (the manifest asks every entry for the key)
         "outputs": ["landmarks68", "visibility"],
         "card": f"cards/{NAME}.md",
         "metrics": {"nme": {k: {w: sets[k][f"{w}_nme"] for w in ("student", "teacher", "mean_shape")}
