@@ -72,30 +72,12 @@ class StudentRecipe:
 # ------------------------------------------------------------------ data
 def teacher68(split: str, data_root: Path, limit: int | None, first: int | None = None,
               seed: int = 0, progress: bool = True, teacher=None) -> tuple[FaceSet, np.ndarray]:
-    """Clean FERPlus faces of `split` whose teacher presence holds, and their 68 teacher
-    points as fractions of the crop side. `teacher`: (FaceMeshLandmarker, its ONNX path);
-    default the user's installed `facemesh_468`."""
-    from training.data import load_split
-    from training.perception.teacher import cached_teacher_points
-    from training.perception.train import MIN_PRESENCE, teacher_landmarker
+    """Clean FERPlus faces of `split` whose teacher presence holds (`teacher_faces`), and
+    their 68 teacher points as fractions of the crop side."""
+    from training.perception.train import teacher_faces
 
-    data = load_split("ferplus", data_root, split, "majority", progress=progress)
-    index = np.arange(len(data))
-    if limit is not None and limit < len(index):
-        index = np.sort(np.random.default_rng([seed, 271828]).permutation(len(index))[:limit])
-    if first is not None:
-        index = index[:first]
-    landmarker, teacher_path = teacher or teacher_landmarker()
-    names = [data.names[i] for i in index]
-    points, presence = cached_teacher_points(landmarker, teacher_path, split, names,
-                                             data.images[index], progress=progress)
-    keep = presence >= MIN_PRESENCE
-    points68 = np.stack([facemesh_to_ibug68(p) for p in points[keep]]).astype(np.float32)
-    faces = FaceSet(images=data.images[index][keep], parsing=np.zeros((0, 1, 1), np.uint8),
-                    names=[n for n, k in zip(names, keep) if k],
-                    source=f"ferplus {split} ({data_root})", dropped=int((~keep).sum()),
-                    presence=presence[keep])
-    return faces, points68
+    faces, points = teacher_faces(data_root, split, limit, seed, first, progress, teacher)
+    return faces, np.stack([facemesh_to_ibug68(p) for p in points]).astype(np.float32)
 
 
 def point_visibility(alpha: np.ndarray, pixels: np.ndarray, outside: float = 0.0) -> np.ndarray:

@@ -91,15 +91,16 @@ def teacher_landmarker(threads: int | None = None):
     return FaceMeshLandmarker.from_store("facemesh_468", store, "cpu", threads), path
 
 
-def load_faces(data_root: Path, split: str, size: int, limit: int | None = None,
-               seed: int = 0, first: int | None = None, progress: bool = True,
-               teacher=None) -> FaceSet:
-    """Clean faces of one FERPlus split with teacher parsing targets at `size` px.
+def teacher_faces(data_root: Path, split: str, limit: int | None = None, seed: int = 0,
+                  first: int | None = None, progress: bool = True,
+                  teacher=None) -> tuple[FaceSet, np.ndarray]:
+    """Clean faces of one FERPlus split whose FaceMesh teacher presence holds, and the
+    teacher's (N, 468, 2) points on them as fractions of the crop side (no parsing yet).
 
     `limit` picks a seeded random subset (the trainer's `--limit` convention), `first` the
-    first N faces in split order."""
+    first N faces in split order; `teacher` is (FaceMeshLandmarker, its ONNX path), default
+    the user's installed `facemesh_468`. The perception and landmark trainers both start here."""
     from training.data import load_split
-    from training.perception.targets import rasterise_parsing
     from training.perception.teacher import cached_teacher_points
 
     data = load_split("ferplus", data_root, split, "majority", progress=progress)
@@ -113,12 +114,23 @@ def load_faces(data_root: Path, split: str, size: int, limit: int | None = None,
     points, presence = cached_teacher_points(landmarker, teacher_path, split, names,
                                              data.images[index], progress=progress)
     keep = presence >= MIN_PRESENCE
-    parsing = np.stack([rasterise_parsing(p, size) for p in points[keep]]) if keep.any() \
+    faces = FaceSet(images=data.images[index][keep], parsing=np.zeros((0, 0, 0), np.uint8),
+                    names=[n for n, k in zip(names, keep) if k],
+                    source=f"ferplus {split} ({data_root})", dropped=int((~keep).sum()),
+                    presence=presence[keep])
+    return faces, points[keep]
+
+
+def load_faces(data_root: Path, split: str, size: int, limit: int | None = None,
+               seed: int = 0, first: int | None = None, progress: bool = True,
+               teacher=None) -> FaceSet:
+    """`teacher_faces` with their parsing targets rasterised at `size` px."""
+    from training.perception.targets import rasterise_parsing
+
+    faces, points = teacher_faces(data_root, split, limit, seed, first, progress, teacher)
+    faces.parsing = np.stack([rasterise_parsing(p, size) for p in points]) if len(points) \
         else np.zeros((0, size, size), np.uint8)
-    return FaceSet(images=data.images[index][keep], parsing=parsing,
-                   names=[n for n, k in zip(names, keep) if k],
-                   source=f"ferplus {split} ({data_root})", dropped=int((~keep).sum()),
-                   presence=presence[keep])
+    return faces
 
 
 def class_weights(faces: FaceSet, recipe: PerceptionRecipe, seed: int, probe: int = 256) -> np.ndarray:
