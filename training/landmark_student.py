@@ -44,7 +44,7 @@ from app.pipeline.landmarks68 import facemesh_to_ibug68
 from app.pipeline.preprocess import InputSpec, prepare_batch
 from app.pipeline.priors import FERPLUS_LANDMARKS68, IBUG68_MIRROR
 from models.landmark_student import LandmarkStudent, LandmarkStudentExport
-from training.perception.data import AugmentSpec, FaceSet, jitter_matrix, sample_rng
+from training.perception.data import AugmentSpec, FaceSet, jitter_matrix, photometric, sample_rng
 
 NAME = "landmarks68_student"
 #: outer eye corners: the inter-ocular distance of the NME
@@ -117,10 +117,7 @@ def student_sample(image: np.ndarray, points: np.ndarray, rng: np.random.Generat
         alpha = cv2.warpAffine(np.ascontiguousarray(alpha), matrix, (size, size),
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         pixels = pixels @ matrix[:, :2].T + matrix[:, 2]
-        gain = rng.uniform(*spec.contrast)
-        bias = rng.uniform(-spec.brightness, spec.brightness)
-        mean = float(img.mean())
-        img = np.clip((img.astype(np.float32) - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
+        img = photometric(img, rng, spec)
     return (np.ascontiguousarray(img), ((pixels + 0.5) / size).astype(np.float32),
             point_visibility(alpha, pixels))
 

@@ -182,10 +182,16 @@ class FaceMeshLandmarker:
 
     def annotate(self, image: np.ndarray, analyses: Sequence[FaceAnalysis]) -> None:
         """Fill `landmarks468`, `landmarks68` and `landmarks_presence` of each analysis."""
-        for analysis, result in zip(analyses, self(image, [a.face for a in analyses])):
-            analysis.landmarks468 = result.landmarks468
-            analysis.landmarks68 = result.landmarks68
-            analysis.landmarks_presence = result.presence
+        fill(analyses, self(image, [a.face for a in analyses]))
+
+
+def fill(analyses: Sequence[FaceAnalysis], results: Sequence[FaceMeshResult]) -> None:
+    """Copy FaceMesh results onto their analyses (also for results the pipeline's face
+    following computed before the faces were aligned)."""
+    for analysis, result in zip(analyses, results):
+        analysis.landmarks468 = result.landmarks468
+        analysis.landmarks68 = result.landmarks68
+        analysis.landmarks_presence = result.presence
 
 
 __all__ = ["FaceMeshLandmarker", "FaceMeshResult", "roi_matrix", "facemesh_input",

@@ -22,6 +22,7 @@ from app.pipeline.expression import ExpressionClassifier
 from app.pipeline.face_following import RIGID_POINTS, inside_frame, move_face, similarity_between
 from app.pipeline.landmarks import MODEL_NAME as LANDMARK_MODEL
 from app.pipeline.landmarks import FaceMeshLandmarker
+from app.pipeline.landmarks import fill as fill_landmarks
 from app.pipeline.landmarks_student import MODEL_NAME as STUDENT_MODEL
 from app.pipeline.landmarks_student import StudentLandmarker
 from app.pipeline.occlusion_map import MODEL_NAME as OCCLUSION_MODEL
@@ -88,9 +89,7 @@ class FacePipeline:
         landmarker, student = self.landmarker, self.student
         if landmarker is not None or student is not None:
             if marks is not None:  # the follow step already ran FaceMesh on this frame
-                for analysis, result in zip(analyses, marks):
-                    analysis.landmarks468, analysis.landmarks68 = result.landmarks468, result.landmarks68
-                    analysis.landmarks_presence = result.presence
+                fill_landmarks(analyses, marks)
             elif landmarker is not None and analyses:
                 landmarker.annotate(frame.image, analyses)
             if student is not None and analyses:

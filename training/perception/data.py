@@ -88,6 +88,14 @@ def jitter_matrix(rng: np.random.Generator, size: int, spec: AugmentSpec) -> np.
     return matrix
 
 
+def photometric(img: np.ndarray, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
+    """A random contrast change about the image mean, then a brightness shift (uint8)."""
+    gain = rng.uniform(*spec.contrast)
+    bias = rng.uniform(-spec.brightness, spec.brightness)
+    mean = float(img.mean())
+    return np.clip((img.astype(np.float32) - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
+
+
 def make_sample(image: np.ndarray, parsing: np.ndarray, rng: np.random.Generator,
                 spec: AugmentSpec | None, size: int, occlusion_kind: str | None = None,
                 augment: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -118,10 +126,7 @@ def make_sample(image: np.ndarray, parsing: np.ndarray, rng: np.random.Generator
                                borderMode=cv2.BORDER_REPLICATE)
         labels = cv2.warpAffine(np.ascontiguousarray(labels), matrix, (size, size),
                                 flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-        gain = rng.uniform(*spec.contrast)
-        bias = rng.uniform(-spec.brightness, spec.brightness)
-        mean = float(img.mean())
-        img = np.clip((img.astype(np.float32) - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
+        img = photometric(img, rng, spec)
     alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
     return np.ascontiguousarray(img), alpha, stamp_occluder(labels, alpha), kind
 
