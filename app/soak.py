@@ -9,7 +9,13 @@ wrote. It reports (JSON) and draws (PNG) both curves, and judges them: memory fl
 5 % between the end of warm-up (the first 10 % of the run) and the end; latency's median over
 the last 10 % of frames within 10 % of that over the 10-20 % window.
 
-`python -m app.soak --video-minutes 30 --out soak/` (Linux: /proc).
+`--app` soaks the desktop app instead (offscreen Qt, `QT_QPA_PLATFORM=offscreen` unless a
+display is set): the real main window opens the demo looped, records from the first analysed
+frame and stops the recording after the video time; the app paces files and the demo at their
+frame rate, so N minutes of video take N minutes, and frames the pipeline cannot keep up with
+are dropped as they are live (the CSV says how many were analysed).
+
+`python -m app.soak --video-minutes 30 --out soak/ [--app]` (Linux: /proc).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -96,6 +103,51 @@ def plot(times: np.ndarray, rss: np.ndarray, latency: np.ndarray, title: str, pa
     plt.close(fig)
 
 
+def app_child(minutes: float, out: Path, model: str, threads: int, detect_every: int) -> int:
+    """The desktop app, offscreen: demo looped, record `minutes` of it, quit. Writes the
+    recording folder's path to out/app_session.txt for the parent."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.main_window import MainWindow
+    from app.ui.settings import AppSettings
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    settings = AppSettings(QSettings(str(out / "settings.ini"), QSettings.Format.IniFormat))
+    settings.output_dir = out / "sessions"
+    window = MainWindow(settings=settings, source="demo", model=model, device="cpu",
+                        threads=threads, pipeline_options={"detect_every": detect_every})
+    window.show()
+    window.loop_check.setChecked(True)
+    window.limit_spin.setValue(0)  # until stopped: the soak stops it by the clock
+    window.start()
+    state: dict = {"since": None, "stopping": False}
+
+    def tick() -> None:
+        if state["since"] is None:  # record from the first analysed frame, once
+            if window.session.state == "running" and window.last_update is not None:
+                window.record_action.trigger()
+                state["since"] = time.monotonic()
+            return
+        recording = window.recording
+        if recording is None:  # the recorder's first status is on its way
+            return
+        if recording.active and not state["stopping"] \
+                and time.monotonic() - state["since"] >= minutes * 60:
+            state["stopping"] = True
+            window.record_action.trigger()  # stop recording
+        elif not recording.active:
+            (out / "app_session.txt").write_text(str(recording.folder))
+            window.stop()
+            app.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(250)
+    return int(app.exec())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video-minutes", type=float, default=30.0)
@@ -104,13 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet18_fast")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument("--app", action="store_true",
+                        help="soak the desktop app (offscreen) instead of `occlufer run`")
+    parser.add_argument("--app-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.app_child:
+        return app_child(args.video_minutes, args.out, args.model, args.threads,
+                         args.detect_every)
     frames = int(args.video_minutes * 60 * FPS)
-    command = [sys.executable, "-m", "app.cli", "run", "--source", "demo", "--loop",
-               "--max-frames", str(frames), "--out", str(args.out / "session.csv"),
-               "--model", args.model, "--device", "cpu", "--threads", str(args.threads),
-               "--detect-every", str(args.detect_every)]
+    if args.app:
+        command = [sys.executable, "-m", "app.soak", "--app-child", "--video-minutes",
+                   str(args.video_minutes), "--out", str(args.out), "--model", args.model,
+                   "--threads", str(args.threads), "--detect-every", str(args.detect_every)]
+    else:
+        command = [sys.executable, "-m", "app.cli", "run", "--source", "demo", "--loop",
+                   "--max-frames", str(frames), "--out", str(args.out / "session.csv"),
+                   "--model", args.model, "--device", "cpu", "--threads", str(args.threads),
+                   "--detect-every", str(args.detect_every)]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     times, rss = [], []
@@ -121,17 +184,23 @@ def main(argv: list[str] | None = None) -> int:
             rss.append(value)
         time.sleep(args.every)
     err = child.stderr.read() if child.stderr else ""
+    what = "the app" if args.app else "occlufer run"
     if child.returncode != 0:
-        print(f"occlufer run failed ({child.returncode}):\n{err[-2000:]}", file=sys.stderr)
+        print(f"{what} failed ({child.returncode}):\n{err[-2000:]}", file=sys.stderr)
         return 1
-    latency = frame_latencies(args.out / "session.csv")
+    csv_path = (Path((args.out / "app_session.txt").read_text()) / "frames.csv" if args.app
+                else args.out / "session.csv")
+    latency = frame_latencies(csv_path)
     t, r = np.asarray(times), np.asarray(rss)
     verdict = judge(t, r, latency)
-    report = {"command": " ".join(["occlufer", *command[3:]]), "date": time.strftime("%Y-%m-%d"),
-              "video_minutes": args.video_minutes, **verdict,
+    shown = (["python", "-m", "app.soak", *(argv if argv is not None else sys.argv[1:])]
+              if args.app else ["occlufer", *command[3:]])
+    report = {"command": " ".join(shown), "date": time.strftime("%Y-%m-%d"),
+              "video_minutes": args.video_minutes, "frames_analysed": int(len(latency)),
+              "csv": str(csv_path), **verdict,
               "rss_curve": [[round(a, 1), round(b, 1)] for a, b in zip(times, rss)]}
     (args.out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
-    title = (f"occlufer run, demo looped {args.video_minutes:g} min of video, {args.threads} thread(s), "
+    title = (f"{what}, demo looped {args.video_minutes:g} min of video, {args.threads} thread(s), "
              f"detect every {args.detect_every}: RSS {verdict['rss_change_percent']:+.1f} %, "
              f"latency {verdict['latency_change_percent']:+.1f} %")
     plot(t, r, latency, title, args.out / "soak.png")

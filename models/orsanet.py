@@ -6,20 +6,21 @@ with DARELoss. Official code: github.com/Wenyuzhy/ORSANet-master (read for ambig
     X_out = MCM(X^_img, X_lm)                   multi-scale landmark-query cross-fusion (Eqs. 6-9)
     logits = Linear(mean of X_out's tokens)
 
-What replaces the paper's frozen, pre-trained parts (none of them is available here):
+What replaces the paper's frozen, pre-trained parts (none of them is available here; the
+recipe module `training.recipes.orsanet` says what each substitution is measured by):
 - G_seg (SegFace Swin-B on LaPa) -> the `parsing` input: a LaPa-layout label map of the crop
-  (N, S, S) int64, one-hot and area-pooled to the backbone map in the graph. occlufer has no
-  parsing network yet; `app.pipeline.priors.render_parsing` draws the map from the 68
-  landmarks and marks occluded pixels as background. The paper's code feeds SegFace's
-  stage-4 *features*, not labels; labels are what a future occlufer parser will give.
+  (N, S, S) int64, one-hot and area-pooled to the backbone map in the graph, drawn by
+  `app.pipeline.priors.render_parsing` from the 68 landmarks with occluded pixels as
+  background (training: the synthetic occluder's mask; run time: the occlusion network's
+  map). The paper's code feeds SegFace's stage-4 *features*, not labels.
 - G_lm (MobileFaceNet-68, whose 512 x 7 x 7 feature map is the code's X_lm) -> the
-  `landmarks68` input, (N, 68, 2) crop fractions from occlufer's landmark teacher (FaceMesh ->
-  iBUG 68), rendered as 68 Gaussian heat-maps in the graph and encoded by a small trainable
-  CNN into the landmark tokens.
+  `landmarks68` input, (N, 68, 2) crop fractions (training: the FaceMesh teacher on the clean
+  face; run time: the landmark student), rendered as 68 Gaussian heat-maps in the graph and
+  encoded by a small trainable CNN into the landmark tokens.
 - IR-50 pre-trained on MS-Celeb-1M -> the same IR units trained from scratch.
 Both priors are optional ONNX inputs whose default is the FERPlus template face (the
-landmarks of `FERPLUS_LANDMARKS68`, parsing drawn from them, nothing occluded), which is also
-what training uses when a data set has no per-image landmarks.
+landmarks of `FERPLUS_LANDMARKS68`, parsing drawn from them, nothing occluded), which is
+what the app feeds a face that has no landmarks.
 
 Readings where paper and code are vague (see seed-specs.md section 5):
 - SSGM runs on the backbone's last map (before tokenisation; the code runs one

@@ -103,3 +103,29 @@ def test_mask_aware_shows_its_own_occlusion_map(faces, tmp_path):
         assert analysis.occlusion.shape == want.shape[-2:] != stage_map.shape
         np.testing.assert_allclose(analysis.occlusion, want.reshape(want.shape[-2:]), atol=1e-4)
         assert analysis.probs is not None and analysis.cam is not None
+
+
+def test_shipped_mask_aware_map_marks_a_real_mask_and_leaves_clean_faces_alone(ferplus_root):
+    """The trained `mask_aware_fast` as the app runs it: on FERPlus test faces with a
+    synthetic mask, the occlusion map it hands the overlay covers the mask; on the same faces
+    without one it stays mostly empty."""
+    from app.occlusion import synthesize
+
+    classifier = ExpressionClassifier.from_store("mask_aware_fast", device="cpu", threads=1)
+    test = load_split("ferplus", ferplus_root, "test", progress=False)
+    clean = list(test.images[100:124])
+    rng = np.random.default_rng(7)
+    masked, masks = zip(*(synthesize(img, "masked", rng) for img in clean))
+
+    def maps(images) -> np.ndarray:
+        analyses = [_analysis(img, 0.0) for img in images]
+        for a in analyses:
+            a.occlusion = None
+        classifier.annotate(analyses)
+        return np.stack([cv2.resize(a.occlusion, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+                         for a in analyses])
+
+    hidden, truth = maps(masked) > 0.5, np.stack(masks) >= 0.5
+    iou = (hidden & truth).sum() / (hidden | truth).sum()
+    assert iou > 0.5, iou  # measured on the full masked test set: see the model card
+    assert (maps(clean) > 0.5).mean() < 0.05

@@ -4,6 +4,8 @@ and the occlusion map, and a short run through the trainer."""
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -169,16 +171,20 @@ def test_export_matches_torch_on_probs_cam_and_occlusion(faces, tmp_path):
     np.testing.assert_allclose(occlusion, expected_occlusion.numpy(), atol=1e-4)
 
 
-def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path):
+def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path, teacher):
     recipe = replace(get_recipe("mask_aware", "fast"), epochs=1, batch_size=32,
                      model_cfg={**get_recipe("mask_aware", "fast").model_cfg, "width": 8})
     onnx_path = train("mask_aware", "ferplus", ferplus_root, recipe, "cpu",
                       out_dir=tmp_path / "run", limit=256, val_limit=128, test_limit=128,
                       workers=0, progress=False, register=False,
-                      occlusion_dir=tmp_path / "no-occluded-sets")
+                      occlusion_dir=tmp_path / "no-occluded-sets", teacher=teacher)
     assert onnx_path.suffix == ".onnx" and onnx_path.exists()
     history = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert "occlusion" in [o.name for o in session.get_outputs()]
-    assert (tmp_path / "run" / f"{onnx_path.stem}.md").exists()
+    card = (tmp_path / "run" / f"{onnx_path.stem}.md").read_text()
+    assert "Landmarks: FaceMesh teacher on each clean face" in card
+    assert "Its own occlusion map" in card and "(no occluder) | false-positive pixels" in card
+    report = json.loads((tmp_path / "run" / "reports" / "test_clean" / "report.json").read_text())
+    assert 0.0 <= report["occlusion_map"]["pixel_false_positive_rate"] <= 1.0

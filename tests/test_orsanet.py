@@ -124,13 +124,20 @@ def test_export_parity_with_default_and_fed_priors(faces, tmp_path):
     assert cam.shape == (8, 8, 6, 6)
 
 
-def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path):
+def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path, teacher):
     recipe = replace(get_recipe("orsanet", "fast"), epochs=1, batch_size=32,
                      model_cfg={**get_recipe("orsanet", "fast").model_cfg, **SMALL})
     onnx_path = train("orsanet", "ferplus", ferplus_root, recipe, "cpu",
                       out_dir=tmp_path / "run", limit=256, val_limit=128, test_limit=128,
                       workers=0, progress=False, register=False,
-                      occlusion_dir=tmp_path / "no-occluded-sets")
+                      occlusion_dir=tmp_path / "no-occluded-sets", teacher=teacher)
+    card = (tmp_path / "run" / f"{onnx_path.stem}.md").read_text()
+    assert "Landmarks: FaceMesh teacher on each clean face" in card
+    report = json.loads((tmp_path / "run" / "reports" / "test_clean" / "report.json").read_text())
+    assert report["priors"] == "runtime"  # scored on what the app feeds it
+    assert "| oracle |" in card and "| template |" in card  # and on perfect / no priors
+    oracle = tmp_path / "run" / "reports" / "test_clean_oracle_priors" / "report.json"
+    assert json.loads(oracle.read_text())["priors"] == "oracle"
     assert onnx_path.suffix == ".onnx" and onnx_path.exists()
     history = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1]

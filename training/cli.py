@@ -82,6 +82,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    from training.evaluate import PRIOR_SOURCES
+
     parser.add_argument("--model", required=True,
                         help="model name from the manifest, or a path to an .onnx file")
     parser.add_argument("--dataset", default="ferplus", help="ferplus, folder, rafdb, ...")
@@ -100,6 +102,11 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, default=None,
                         help="manifest for --model NAME (default $OCCLUFER_MANIFEST or "
                              "assets/manifest.json)")
+    parser.add_argument("--priors", default="runtime", choices=PRIOR_SOURCES,
+                        help="what feeds a prior-guided model (ORSANet): runtime = the app's "
+                             "landmark student + occlusion map on the test face; oracle = the "
+                             "FaceMesh teacher on the clean face + the occluder's true mask; "
+                             "template = the export's defaults")
 
 
 def resolve_model_file(model: str, manifest: Path | None = None) -> Path:
@@ -126,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
         report_dir = args.report if len(kinds) == 1 else args.report / kind
         report = evaluate(onnx_path, args.dataset, args.root, args.split, occlusion=kind,
                           occlusion_dir=args.occlusion_dir, report_dir=report_dir,
-                          device=args.device, batch=args.batch)
+                          device=args.device, batch=args.batch, priors=args.priors)
         summary[kind] = report
         print(f"{report['dataset']} {report['split']} occlusion={report['occlusion']}: "
               f"accuracy {report['accuracy']:.2f}%  macro-F1 {report['macro_f1']:.2f}  "

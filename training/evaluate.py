@@ -11,6 +11,16 @@ time they are asked for (default `$OCCLUFER_CACHE/occlusion_sets`, else
 
 Outputs in `report_dir`: `report.json` and `confusion_matrix.png` (rows = true class,
 normalised to 1, each cell also showing its count).
+
+A prior-guided model (ORSANet: extra inputs `landmarks68`, `parsing`) is fed by `priors`:
+- "runtime" (default): what the app feeds - the landmark student's 68 points and the
+  occlusion stage's map, both run on the (occluded) test crop, through
+  `app.pipeline.priors.prior_feeds`;
+- "oracle": the FaceMesh teacher's points on the *clean* crop and the occluder's true mask
+  (what training saw: the ceiling our perception stages could reach);
+- "template": nothing (the export's FERPlus-template defaults).
+The gap oracle - runtime is what imperfect perception costs; runtime - template is what the
+priors are worth at run time.
 """
 
 from __future__ import annotations
@@ -23,16 +33,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from app.errors import DatasetError, OccluferError
+from app.pipeline.expression import prior_input_types
 from app.pipeline.preprocess import InputSpec, prepare_batch
 from app.runtime.store import sha256_of as sha256_file  # the one sha256 of a file
 from app.runtime.providers import create_session, session_provider
 from training.data import load_split
 
 CLEAN = ("none", "clean", "")
+PRIOR_SOURCES = ("runtime", "oracle", "template")
 
 
 def default_occlusion_dir() -> Path:
@@ -82,19 +95,106 @@ def occluded_root(ferplus_root: Path, kind: str, split: str = "test",
     return root
 
 
-def predict(session, images: Sequence[np.ndarray] | np.ndarray, spec: InputSpec,
-            batch: int = 256, desc: str = "evaluating") -> np.ndarray:
-    """(N, C) probabilities for uint8 crops, in batches, with a progress bar."""
+def predict_outputs(session, images: Sequence[np.ndarray] | np.ndarray, spec: InputSpec,
+                    batch: int = 256, desc: str = "evaluating",
+                    priors: dict[str, np.ndarray] | None = None,
+                    outputs: Sequence[str] = ("probs",)) -> dict[str, np.ndarray]:
+    """The named outputs (N, ...) for uint8 crops, in batches, with a progress bar; `priors`
+    are (N, ...) arrays for the model's extra inputs (left out: the export's defaults)."""
     name = session.get_inputs()[0].name
-    chunks = []
+    dtypes = prior_input_types(session)
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in outputs}
     with tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr,
               disable=None, leave=False) as bar:
         for start in range(0, len(images), batch):
             crops = images[start:start + batch]
-            (probs,) = session.run(["probs"], {name: prepare_batch(crops, spec)})
-            chunks.append(np.asarray(probs, np.float32))
+            feeds = {name: prepare_batch(crops, spec)}
+            feeds.update({k: np.asarray(v[start:start + batch], dtypes[k])
+                          for k, v in (priors or {}).items()})
+            for key, value in zip(outputs, session.run(list(outputs), feeds)):
+                chunks[key].append(np.asarray(value, np.float32))
             bar.update(len(crops))
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32)
+            for k, v in chunks.items()}
+
+
+def predict(session, images: Sequence[np.ndarray] | np.ndarray, spec: InputSpec,
+            batch: int = 256, desc: str = "evaluating",
+            priors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """(N, C) probabilities (see `predict_outputs`)."""
+    return predict_outputs(session, images, spec, batch, desc, priors)["probs"]
+
+
+def occlusion_map_scores(maps: np.ndarray, masks: np.ndarray | None) -> dict[str, float]:
+    """How well a model's own occlusion map (N, h, w) of P(hidden) finds the occluder: the
+    map is upsampled (bilinear) to the masks' size and thresholded at 0.5, then pixel IoU,
+    F1, precision and recall against the true masks (N, H, W) in [0, 1] - the perception
+    stage's measures (`training.perception.evaluate.binary_scores`). Without masks (a clean
+    set) the pixel false-positive rate."""
+    from training.perception.evaluate import binary_scores
+
+    maps = maps.reshape(len(maps), *maps.shape[-2:])
+    side = masks.shape[1:] if masks is not None else (48, 48)
+    prob = np.stack([cv2.resize(m, side[::-1], interpolation=cv2.INTER_LINEAR) for m in maps])
+    if masks is None:
+        return {"pixel_false_positive_rate": round(float((prob > 0.5).mean()), 5)}
+    return {k: round(v, 4) for k, v in binary_scores(prob, masks).items()}
+
+
+def _occluder_masks(root: Path, names: Sequence[str]) -> np.ndarray:
+    masks = []
+    for n in names:
+        path = root / "masks" / f"{Path(n).stem}.png"
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DatasetError(f"occluder mask missing: {path}; rebuild the set with "
+                               "`occlufer occlude`")
+        masks.append(mask.astype(np.float32) / 255.0)
+    return np.stack(masks)
+
+
+def evaluation_priors(source: str, input_names: Sequence[str], size: int, images: np.ndarray,
+                      *, dataset: str, split: str, names: Sequence[str], clean_root: Path,
+                      occluded_root_dir: Path | None, device: str = "cpu",
+                      batch: int = 256, teacher=None) -> dict[str, np.ndarray] | None:
+    """(N, ...) feeds for a prior-guided model's `input_names` from `source` (see the module
+    docstring), None for "template". `teacher` is (FaceMeshLandmarker, ONNX path) for
+    "oracle" (default: the installed `facemesh_468`)."""
+    from app.pipeline.priors import prior_feeds
+
+    if source not in PRIOR_SOURCES:
+        raise OccluferError(f"unknown prior source {source!r}; choose one of {PRIOR_SOURCES}")
+    if source == "template" or not input_names:
+        return None
+    landmarks: list[np.ndarray | None] = []
+    hidden: list[np.ndarray | None] = []
+    if source == "runtime":
+        from app.pipeline.landmarks_student import StudentLandmarker
+        from app.pipeline.occlusion_map import OcclusionParsingModel
+
+        student = StudentLandmarker.from_store(device=device)  # type: ignore[arg-type]
+        parser = OcclusionParsingModel.from_store(device=device)  # type: ignore[arg-type]
+        for start in tqdm(range(0, len(images), batch), desc="priors (student + occlusion)",
+                          unit="batch", file=sys.stderr, disable=None, leave=False):
+            crops = list(images[start:start + batch])
+            points, _ = student(crops)
+            occlusion, _ = parser.predict(crops)
+            landmarks += list(points)
+            hidden += list(occlusion)
+    else:
+        from training.perception.teacher import teacher_landmarks68
+
+        clean = load_split(dataset, clean_root, split, "majority", progress=False)
+        where = {n: i for i, n in enumerate(clean.names)}
+        try:
+            clean_images = clean.images[[where[n] for n in names]]
+        except KeyError as exc:
+            raise DatasetError(f"oracle priors: {exc} is not in the clean split at {clean_root}")
+        points, _ = teacher_landmarks68(dataset, split, names, clean_images, teacher=teacher)
+        landmarks = list((points + 0.5) / clean_images.shape[1])
+        hidden = (list(_occluder_masks(occluded_root_dir, names)) if occluded_root_dir
+                  else [None] * len(names))
+    return prior_feeds(tuple(input_names), size, landmarks, hidden)
 
 
 def classification_metrics(true: np.ndarray, pred: np.ndarray, n_true: int,
@@ -160,11 +260,14 @@ def plot_confusion(confusion: np.ndarray, true_names: Sequence[str], pred_names:
 def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
              occlusion: str | None = None, occlusion_dir: Path | None = None,
              report_dir: Path | None = None, device: str = "cpu", batch: int = 256,
-             limit: int | None = None, build_occluded: bool = True) -> dict[str, Any]:
+             limit: int | None = None, build_occluded: bool = True,
+             priors: str = "runtime", teacher=None) -> dict[str, Any]:
     """Run `onnx_path` on `dataset`/`split` (optionally an occluded copy) and report.
 
     Returns the report dict (also written to `report_dir/report.json` with
-    `confusion_matrix.png` beside it). `limit` scores only the first N images (tests).
+    `confusion_matrix.png` beside it). `limit` scores only the first N images (tests);
+    `priors` feeds a prior-guided model (module docstring; ignored by the others), `teacher`
+    is the landmark teacher for oracle priors (default: the installed one).
     """
     onnx_path, root = Path(onnx_path), Path(root).expanduser()
     report_dir = Path(report_dir) if report_dir else onnx_path.parent / "reports" / split
@@ -178,9 +281,14 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
             raise OccluferError("occluded test sets are built from FERPlus; use --dataset ferplus")
         data_root = occluded_root(root, occlusion, split, occlusion_dir, build=build_occluded)
     data = load_split(dataset, data_root, split, "majority")
-    images, labels = data.images, data.labels
+    images, labels, names = data.images, data.labels, list(data.names)
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        images, labels, names = images[:limit], labels[:limit], names[:limit]
+    extra = tuple(prior_input_types(session))
+    feeds = evaluation_priors(priors, extra, spec.size, images, dataset=dataset, split=split,
+                              names=names, clean_root=root,
+                              occluded_root_dir=data_root if occlusion else None,
+                              device=device, batch=batch, teacher=teacher)
 
     # Model classes may be a superset (8-way model on a 7-class folder) or in another order:
     # match by name; predictions of classes the data set lacks count as wrong.
@@ -192,7 +300,10 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
         raise OccluferError(f"the model has no class {', '.join(missing)} that the data set uses")
 
     started = time.perf_counter()
-    probs = predict(session, images, spec, batch, desc=f"eval {occlusion or 'clean'}")
+    has_map = "occlusion" in [o.name for o in session.get_outputs()]
+    outputs = predict_outputs(session, images, spec, batch, desc=f"eval {occlusion or 'clean'}",
+                              priors=feeds, outputs=("probs", "occlusion") if has_map else ("probs",))
+    probs = outputs["probs"]
     seconds = time.perf_counter() - started
     pred = to_report[probs.argmax(axis=1)]
     metrics = classification_metrics(labels, pred, len(data.classes), len(pred_names))
@@ -210,6 +321,10 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
         "split": split,
         "occlusion": occlusion or "none",
         "occlusion_root": str(data_root) if occlusion else None,
+        "priors": priors if extra else None,
+        # a model that predicts its own occlusion map (mask-aware) is scored on it too
+        "occlusion_map": (occlusion_map_scores(outputs["occlusion"], _occluder_masks(
+            data_root, names) if occlusion else None) if has_map else None),
         "classes": list(data.classes),
         "model_classes": list(model_classes),
         "confusion": metrics["confusion"].tolist(),
@@ -226,7 +341,8 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, report_dir / "report.json")
     title = (f"{meta.get('model_name', onnx_path.stem)} on {dataset} {split}"
-             f"{'' if occlusion is None else ' + ' + occlusion}: "
+             f"{'' if occlusion is None else ' + ' + occlusion}"
+             f"{f' ({priors} priors)' if extra else ''}: "
              f"{report['accuracy']:.2f}% (n={report['n']})")
     plot_confusion(metrics["confusion"], data.classes, pred_names, title,
                    report_dir / "confusion_matrix.png")

@@ -35,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class SplitArrays:
     soft: np.ndarray | None  # (N, C) float32 for soft-label modes
     classes: tuple[str, ...]
     source: str  # where the split came from, for the model card
+    names: list[str] | None = None  # image ids, for per-image caches (the landmark teacher)
+    #: (N, 68, 2) per-image landmarks in pixels, for recipes whose `aux` needs them
+    landmarks68: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,7 +100,7 @@ class BatchSource(torch.utils.data.Dataset):
         epoch, indices = key
         extras = None
         x = augment_batch(self.split.images, indices, epoch, self.seed, self.spec, self.augment,
-                          self.occlusion, aux=self.aux)
+                          self.occlusion, aux=self.aux, landmarks68=self.split.landmarks68)
         if self.aux:
             x, extras = x
         idx = np.asarray(indices)
@@ -147,7 +151,7 @@ def load_training_data(dataset: str, root: Path, label_mode: str, limit: int | N
     try:
         valid = load_split(dataset, root, "valid", "majority")
         valid_arrays = SplitArrays(valid.images, valid.labels, None, valid.classes,
-                                   f"{dataset} valid")
+                                   f"{dataset} valid", list(valid.names))
         train_idx = np.arange(len(train))
     except DatasetError:
         order = np.random.default_rng([seed, 31337]).permutation(len(train))
@@ -155,17 +159,42 @@ def load_training_data(dataset: str, root: Path, label_mode: str, limit: int | N
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         valid_arrays = SplitArrays(train.images[val_idx], train.labels[val_idx], None,
                                    train.classes,
-                                   f"{dataset} train (held-out {VALID_FRACTION:.0%})")
+                                   f"{dataset} train (held-out {VALID_FRACTION:.0%})",
+                                   [train.names[i] for i in val_idx])
     if limit is not None and limit < len(train_idx):
         chosen = np.random.default_rng([seed, 271828]).permutation(len(train_idx))[:limit]
         train_idx = train_idx[np.sort(chosen)]
     if val_limit is not None:
         valid_arrays = SplitArrays(valid_arrays.images[:val_limit], valid_arrays.labels[:val_limit],
-                                   None, valid_arrays.classes, valid_arrays.source)
+                                   None, valid_arrays.classes, valid_arrays.source,
+                                   (valid_arrays.names or [])[:val_limit] or None)
     soft = None if train.soft_labels is None else train.soft_labels[train_idx]
     train_arrays = SplitArrays(train.images[train_idx], train.labels[train_idx], soft,
-                               train.classes, f"{dataset} train")
+                               train.classes, f"{dataset} train", [train.names[i] for i in train_idx])
     return train_arrays, valid_arrays
+
+
+#: Recipe extras that are drawn from the face's 68 landmarks.
+LANDMARK_AUX = ("landmarks68", "parsing")
+
+
+def attach_teacher_landmarks(dataset: str, train: SplitArrays, valid: SplitArrays,
+                             progress: bool, teacher=None) -> str:
+    """Give both splits the FaceMesh teacher's per-image 68 points (see
+    `training.perception.teacher.teacher_landmarks68`); returns a line for the model card.
+    The held-out validation faces of a data set without a valid split share the train cache."""
+    from training.perception.teacher import teacher_landmarks68
+
+    lines = []
+    for split_name, arrays in (("train", train), ("valid", valid)):
+        cache_split = "valid" if arrays.source.endswith(" valid") else "train"
+        points, found = teacher_landmarks68(dataset, cache_split, arrays.names or [],
+                                            arrays.images, progress=progress,
+                                            teacher=teacher)
+        arrays.landmarks68 = points
+        lines.append(f"{split_name} {int(found.sum())}/{len(found)}")
+    return ("landmarks: FaceMesh teacher on each clean face, 468 -> iBUG 68 (" + ", ".join(lines)
+            + " found; the FERPlus template for the rest)")
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -304,8 +333,10 @@ def resolve_device(device: str) -> torch.device:
 
 # --------------------------------------------------------------------------- loops
 def evaluate_torch(model: nn.Module, x: torch.Tensor, labels: np.ndarray, device: torch.device,
-                   amp_dtype: torch.dtype | None, batch: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy %) of `model` on a prepared, unaugmented split."""
+                   amp_dtype: torch.dtype | None, batch: int = 256,
+                   priors: dict[str, torch.Tensor] | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy %) of `model` on a prepared, unaugmented split; `priors` are
+    per-image extra inputs (N, ...) for a model that takes them."""
     model.eval()
     losses, correct = 0.0, 0
     y = torch.from_numpy(labels)
@@ -313,8 +344,9 @@ def evaluate_torch(model: nn.Module, x: torch.Tensor, labels: np.ndarray, device
         for start in range(0, len(x), batch):
             xb = x[start:start + batch].to(device, non_blocking=True)
             yb = y[start:start + batch].to(device)
+            extra = {k: v[start:start + batch].to(device) for k, v in (priors or {}).items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(xb)
+                logits = model(xb, **extra)
             losses += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return losses / max(1, len(x)), correct / max(1, len(x)) * 100.0
@@ -354,7 +386,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
           test_limit: int | None = None, stop_after: int | None = None, finalize: bool = True,
           register: bool = True, manifest: Path | None = None, entry_name: str | None = None,
           occlusion_dir: Path | None = None, build_occluded: bool = False,
-          command: str | None = None, progress: bool = True) -> Path:
+          command: str | None = None, progress: bool = True, teacher=None) -> Path:
     """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
     `finalize` is off or `stop_after` ended the run early).
 
@@ -363,7 +395,9 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     `build_occluded` builds missing occluded FERPlus test sets before the final evaluation
     (otherwise only the sets that already exist in `occlusion_dir` are scored);
     `val_limit`/`test_limit` score only the first N images (smoke tests);
-    `manifest` overrides $OCCLUFER_MANIFEST / assets/manifest.json for `register`.
+    `manifest` overrides $OCCLUFER_MANIFEST / assets/manifest.json for `register`;
+    `teacher` is (FaceMeshLandmarker, ONNX path) for recipes whose `aux` needs landmarks
+    (default: the installed `facemesh_468`).
     """
     from models import create_model
 
@@ -386,6 +420,11 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
 
     train_data, valid_data = load_training_data(dataset, data_root, recipe_obj.label_mode, limit,
                                                 seed, val_limit)
+    landmark_note = None
+    if set(LANDMARK_AUX) & set(recipe_obj.aux):
+        landmark_note = attach_teacher_landmarks(dataset, train_data, valid_data, progress,
+                                                 teacher)
+        tqdm.write(landmark_note)
     classes = train_data.classes
     spec = InputSpec(size=recipe_obj.size, color=recipe_obj.color)  # type: ignore[arg-type]
     model_cfg = {**recipe_obj.model_cfg, "num_classes": len(classes), "in_chans": spec.channels}
@@ -424,6 +463,12 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
                          recipe_obj.label_mode, recipe_obj.aux)
     valid_x = torch.from_numpy(augment_batch(valid_data.images, range(len(valid_data)), 0, seed,
                                              spec, None, False))
+    valid_priors = None  # a prior-guided model is validated on the priors the app feeds it
+    prior_names = tuple(k for k in LANDMARK_AUX if k in getattr(model, "extra_inputs", {}))
+    if prior_names and valid_data.landmarks68 is not None:
+        _, extras = augment_batch(valid_data.images, range(len(valid_data)), 0, seed, spec, None,
+                                  False, aux=prior_names, landmarks68=valid_data.landmarks68)
+        valid_priors = {k: torch.from_numpy(v) for k, v in extras.items()}
     board = _tensorboard(out_dir)
     interactive = sys.stderr.isatty()
 
@@ -473,7 +518,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         bar.close()
         seconds = time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate_torch(model, valid_x, valid_data.labels, torch_device,
-                                           amp_dtype)
+                                           amp_dtype, priors=valid_priors)
         state.epoch += 1
         state.train_seconds += seconds
         improved = val_acc > state.best_acc
@@ -519,7 +564,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         train_count=len(train_data), state=state, recipe=recipe_obj, command=command,
         device=device, test_limit=test_limit, register=register, manifest=manifest,
         occlusion_dir=occlusion_dir, build_occluded=build_occluded, occlusion_aug=occlusion_aug,
-        wall_seconds=time.perf_counter() - started_wall)
+        wall_seconds=time.perf_counter() - started_wall,
+        notes=[landmark_note] if landmark_note else [], teacher=teacher)
 
 
 def _equivalent_command(model_name: str, dataset: str, data_root: Path, recipe: str, device: str,
@@ -545,11 +591,15 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                  train_count: int, state: RunState, recipe: Recipe, command: str, device: str,
                  test_limit: int | None, register: bool, manifest: Path | None,
                  occlusion_dir: Path | None, build_occluded: bool, occlusion_aug: bool,
-                 wall_seconds: float) -> Path:
-    """Export the best weights (fp16 if it holds accuracy), evaluate, write the card, register."""
+                 wall_seconds: float, notes: Sequence[str] = (), teacher=None) -> Path:
+    """Export the best weights (fp16 if it holds accuracy), evaluate, write the card, register.
+    `notes` are extra lines for the card's training section (e.g. where landmarks came from);
+    `teacher` is the landmark teacher for a prior-guided model's oracle-prior scores."""
     from exporters.classifier import export_classifier_report, load_checkpoint_model
-    from training.evaluate import (evaluate, model_metadata, occluded_root, predict)
+    from app.pipeline.expression import prior_input_types
     from app.runtime.providers import create_session
+    from training.evaluate import (PRIOR_SOURCES, evaluate, model_metadata, occluded_root,
+                                   predict)
 
     best_path = out_dir / "best.pt"
     model, checkpoint = load_checkpoint_model(best_path)
@@ -580,12 +630,12 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                f"fp16 {valid_acc['fp16']:.2f}%)")
 
     reports: dict[str, dict[str, Any]] = {}
-    try:
-        reports["clean"] = evaluate(final, dataset, data_root, "test",
-                                    report_dir=out_dir / "reports" / "test_clean",
-                                    limit=test_limit)
-    except DatasetError as exc:
-        tqdm.write(f"no test split evaluated: {exc}")
+    # a prior-guided model is scored on the priors the app feeds it ("runtime"), and also on
+    # perfect ("oracle") and no ("template") priors: what perception costs, what priors give
+    prior_check = create_session(final, "cpu")
+    sources = PRIOR_SOURCES if prior_input_types(prior_check) else ("runtime",)
+    prior_reports: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sources[1:]}
+    kinds: list[str | None] = [None]
     if dataset.lower() == "ferplus":
         from training.occlusion import TEST_SET_KINDS
 
@@ -594,10 +644,21 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                 occluded_root(data_root, kind, "test", occlusion_dir, build=build_occluded)
             except DatasetError:
                 continue
-            reports[kind] = evaluate(final, dataset, data_root, "test", occlusion=kind,
-                                     occlusion_dir=occlusion_dir,
-                                     report_dir=out_dir / "reports" / f"test_{kind}",
-                                     limit=test_limit, build_occluded=False)
+            kinds.append(kind)
+    for kind in kinds:
+        label = kind or "clean"
+        for source in sources:
+            suffix = "" if source == "runtime" else f"_{source}_priors"
+            try:
+                report = evaluate(final, dataset, data_root, "test", occlusion=kind,
+                                  occlusion_dir=occlusion_dir,
+                                  report_dir=out_dir / "reports" / f"test_{label}{suffix}",
+                                  limit=test_limit, build_occluded=False, priors=source,
+                                  teacher=teacher)
+            except DatasetError as exc:
+                tqdm.write(f"no test split evaluated: {exc}")
+                break
+            (reports if source == "runtime" else prior_reports[source])[label] = report
     for kind, report in reports.items():
         tqdm.write(f"test {kind}: {report['accuracy']:.2f}% (macro-F1 {report['macro_f1']:.2f}, "
                    f"n={report['n']})")
@@ -611,7 +672,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                       wall_seconds=wall_seconds, reports=reports, valid_acc=valid_acc,
                       chosen=chosen, export=exports[chosen], final=final,
                       occlusion_aug=occlusion_aug, outputs=feature_map,
-                      params=sum(p.numel() for p in model.parameters()))
+                      params=sum(p.numel() for p in model.parameters()), notes=notes,
+                      prior_reports=prior_reports)
     if register:
         publish(name, final, card, spec, classes, recipe, reports, dataset, manifest)
     return final
@@ -622,7 +684,8 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
                state: RunState, device: str, wall_seconds: float,
                reports: dict[str, dict[str, Any]], valid_acc: dict[str, float], chosen: str,
                export: Any, final: Path, occlusion_aug: bool, outputs: str,
-               params: int) -> Path:
+               params: int, notes: Sequence[str] = (),
+               prior_reports: dict[str, dict[str, dict[str, Any]]] | None = None) -> Path:
     """A model card in the OpenCV Zoo / py-feat spirit: what it is, how it was made, how good."""
     from training.evaluate import sha256_file
 
@@ -656,6 +719,32 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
                      f"{report['n']} |")
     if not reports:
         lines.append("| (no test split evaluated) | | | |")
+    maps = {k: r["occlusion_map"] for k, r in reports.items() if r.get("occlusion_map")}
+    if maps:
+        lines += ["", "Its own occlusion map (output `occlusion`, upsampled to 48 px, P > 0.5) "
+                  "against the occluder's true mask - what the app shows as the occlusion "
+                  "overlay while this model is active:", "",
+                  "| Test set | pixel IoU | F1 | precision | recall |", "|---|---|---|---|---|"]
+        for kind, m in maps.items():
+            if "iou" in m:
+                lines.append(f"| {kind} | {m['iou'] * 100:.1f} | {m['f1'] * 100:.1f} | "
+                             f"{m['precision'] * 100:.1f} | {m['recall'] * 100:.1f} |")
+            else:
+                lines.append(f"| {kind} (no occluder) | false-positive pixels "
+                             f"{m['pixel_false_positive_rate'] * 100:.2f} % | | | |")
+    if prior_reports:
+        kinds = list(reports)
+        lines += ["", "Accuracy by where the priors come from (`occlufer eval --priors ...`): "
+                  "runtime (the table above) = the landmark student's points and the occlusion "
+                  "network's map on the test face, as the app feeds them; oracle = the FaceMesh "
+                  "teacher on the clean face and the occluder's true mask (what training saw); "
+                  "template = no priors (the export's FERPlus-template defaults).", "",
+                  "| Priors | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|",
+                  "| runtime | " + " | ".join(f"{reports[k]['accuracy']:.2f}" for k in kinds)
+                  + " |"]
+        for source, by_kind in prior_reports.items():
+            lines.append(f"| {source} | " + " | ".join(
+                f"{by_kind[k]['accuracy']:.2f}" if k in by_kind else "–" for k in kinds) + " |")
     lines += [
         "",
         f"Best FER2013Valid accuracy during training (torch): {state.best_acc:.2f} % at epoch "
@@ -689,6 +778,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         f"- Throughput: {np.mean([r['img_per_s'] for r in state.history]):.0f} img/s mean "
         "(training, augmentation included)" if state.history else "- Throughput: n/a",
         f"- Parameters: {params:,}",
+        *[f"- {note[:1].upper()}{note[1:]}" for note in notes],
         "",
         "## Epochs",
         "",

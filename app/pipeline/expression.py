@@ -6,10 +6,11 @@ frame go through the network as one batch. A region-based model's parts (FS-DSN'
 mouth) are read from its own ONNX metadata (`regions`, see `regions.py`).
 
 Two seed networks reach past the crop. ORSANet takes priors as extra ONNX inputs (`landmarks68`,
-`parsing`): they are fed from the face's FaceMesh points mapped into the crop, and the parsing
-map is drawn from those points with the occlusion stage's hidden pixels as background, exactly
-as its training drew it (training/augment.py), so the model sees at run time what it learnt
-on; without landmarks the FERPlus template stands in, as in the export's defaults. The
+`parsing`): they are fed from the face's 68 points (the landmark student's, else FaceMesh's)
+mapped into the crop, and the parsing map is drawn from those points with the occlusion
+stage's hidden pixels as background, as its training drew it from the teacher's points and
+the occluder's mask (`app.pipeline.priors.prior_feeds`); without landmarks the FERPlus
+template stands in, as in the export's defaults. The
 mask-aware model returns its own occlusion map (extra output `occlusion`), which replaces the
 occlusion stage's map on the faces it classifies, so the overlay and the region visibility
 show what this model saw (part visibility stays the occlusion stage's).
@@ -19,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
 from app.errors import ModelIntegrityError
 from app.pipeline.occlusion_map import crop_landmarks
 from app.pipeline.preprocess import InputSpec, prepare_batch
-from app.pipeline.priors import FERPLUS_LANDMARKS68, render_parsing
+from app.pipeline.priors import prior_feeds
 from app.pipeline.records import FaceAnalysis
 from app.pipeline.regions import METADATA_KEY, face_regions, parse_regions
 from app.runtime.providers import Device, create_session, session_provider
@@ -37,13 +37,8 @@ class ExpressionClassifier:
     def __init__(self, session: ort.InferenceSession, spec: InputSpec, classes: Sequence[str],
                  name: str = "expression") -> None:
         self.session, self.spec, self.classes, self.name = session, spec, tuple(classes), name
-        inputs = session.get_inputs()
-        self.input_name = inputs[0].name
-        #: prior inputs beyond the image (ORSANet's, exported as overridable initializers that
-        #: hold the template, or as plain inputs): name -> numpy dtype onnxruntime expects
-        optional = [i for i in session.get_overridable_initializers() if i.name in PRIOR_INPUTS]
-        self.extra_inputs = {i.name: _ONNX_DTYPES.get(i.type, np.float32)
-                             for i in [*inputs[1:], *optional]}
+        self.input_name = session.get_inputs()[0].name
+        self.extra_inputs = prior_input_types(session)
         unknown = set(self.extra_inputs) - set(PRIOR_INPUTS)
         if unknown:
             raise ModelIntegrityError(
@@ -100,24 +95,13 @@ class ExpressionClassifier:
         face, or one without landmarks, gets the FERPlus template)."""
         if not self.extra_inputs:
             return {}
-        size = self.spec.size
-        fractions = []
+        landmarks, hidden = [], []
         for analysis in analyses:
-            points = None if analysis is None else crop_landmarks(analysis)
-            fractions.append(FERPLUS_LANDMARKS68 if points is None else points)
-        landmarks = np.stack(fractions).astype(np.float32)
-        feeds = {"landmarks68": landmarks}
-        if "parsing" in self.extra_inputs:
-            maps = []
-            for analysis, points in zip(analyses, landmarks):
-                hidden = None
-                if (analysis is not None and analysis.occlusion is not None
-                        and analysis.maps_to_frame is None):
-                    hidden = cv2.resize(np.asarray(analysis.occlusion, np.float32), (size, size),
-                                        interpolation=cv2.INTER_LINEAR)
-                maps.append(render_parsing(points.astype(np.float64) * size - 0.5, size, hidden))
-            feeds["parsing"] = np.stack(maps)
-        return {k: v for k, v in feeds.items() if k in self.extra_inputs}
+            landmarks.append(None if analysis is None else crop_landmarks(analysis))
+            in_crop = (analysis is not None and analysis.occlusion is not None
+                       and analysis.maps_to_frame is None)
+            hidden.append(analysis.occlusion if in_crop else None)
+        return prior_feeds(tuple(self.extra_inputs), self.spec.size, landmarks, hidden)
 
     def annotate(self, analyses: Sequence[FaceAnalysis]) -> None:
         """Classify every face as one batch: fill `probs`, `classes`, `cam`, `regions` (and
@@ -132,6 +116,15 @@ class ExpressionClassifier:
             if occlusion is not None and analysis.maps_to_frame is None:
                 analysis.occlusion = occlusion[i].reshape(occlusion.shape[-2:])
             analysis.regions = face_regions(self.regions, analysis)
+
+
+def prior_input_types(session: ort.InferenceSession) -> dict[str, type]:
+    """A model's inputs beyond the image, name -> the numpy dtype onnxruntime expects.
+    ORSANet exports its priors as overridable initializers that hold the template (so a
+    caller may leave them out), other exports may make them plain inputs; both count."""
+    optional = [i for i in session.get_overridable_initializers() if i.name in PRIOR_INPUTS]
+    return {i.name: _ONNX_DTYPES.get(i.type, np.float32)
+            for i in [*session.get_inputs()[1:], *optional]}
 
 
 #: The extra inputs occlufer knows how to feed, and the extra outputs it knows how to show.

@@ -7,14 +7,16 @@ Training and the runtime must build these the same way, so the one definition li
 
 - `landmarks68` are iBUG 300-W points as fractions of the crop side, measured from the crop's
   outer edge (the convention of `app.pipeline.alignment` templates: pixel x = u * size - 0.5).
-  At run time they are the FaceMesh teacher's `FaceAnalysis.landmarks68` mapped through the
-  alignment affine into the crop; on FERPlus training images, which carry no landmarks,
-  `FERPLUS_LANDMARKS68` (below) moved by the augmentation's own warp.
+  At run time they are the face's `FaceAnalysis.landmarks68` (the landmark student's, else
+  FaceMesh's) mapped through the alignment affine into the crop; on FERPlus training images
+  the FaceMesh teacher's points on the clean crop (`training.perception.teacher`), moved by
+  the augmentation's own warp; `FERPLUS_LANDMARKS68` (below) wherever no landmarks exist.
 - `parsing` is a (S, S) uint8 label map in the LaPa class layout of SegFace (ORSANet's parser),
-  `PARSING_CLASSES`. Until occlufer has a parsing network, `render_parsing` draws it from the
-  68 landmarks (face hull, brows, eyes, nose, lips, inner mouth; no hair: nothing here knows
-  where hair is), and pixels an occluder hides are labelled background, as a parser that sees
-  the occluder would do.
+  `PARSING_CLASSES`, drawn by `render_parsing` from the 68 landmarks (face hull, brows, eyes,
+  nose, lips, inner mouth; no hair: nothing here knows where hair is), with pixels an
+  occluder hides labelled background, as a parser that sees the occluder would do (training:
+  the synthetic occluder's mask; run time: the occlusion stage's map). `prior_feeds` builds
+  both for a batch; the app and `occlufer eval` call it, so what is measured is what runs.
 
 `FERPLUS_LANDMARKS68` was measured, not guessed: the mean 68 points of the FaceMesh teacher
 (`facemesh_468` ONNX, 468 -> 68 by `app.pipeline.landmarks68`) on 2,000 FERPlus training
@@ -25,6 +27,8 @@ template it describes how FERPlus frames a face, so it stays valid for any input
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -69,6 +73,27 @@ PARSING_CLASSES: tuple[str, ...] = (
 assert FERPLUS_LANDMARKS68.shape == (68, 2)
 assert sorted(IBUG68_MIRROR.tolist()) == list(range(68))
 assert (IBUG68_MIRROR[IBUG68_MIRROR] == np.arange(68)).all()
+
+
+def prior_feeds(names: Sequence[str], size: int, landmarks: Sequence[np.ndarray | None],
+                occlusion: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """The extra inputs `names` (of "landmarks68", "parsing") of a prior-guided model for a
+    batch of size-S crops: `landmarks` are (68, 2) fractions of each crop's side (None: the
+    FERPlus template), `occlusion` maps of P(hidden) over each crop at any resolution (None:
+    nothing hidden). The app's expression stage and `occlufer eval` both build feeds here, so
+    what is measured is what runs."""
+    points = np.stack([FERPLUS_LANDMARKS68 if p is None else np.asarray(p, np.float32)
+                       for p in landmarks]).astype(np.float32)
+    feeds = {"landmarks68": points}
+    if "parsing" in names:
+        maps = []
+        for pts, hidden in zip(points, occlusion):
+            if hidden is not None:
+                hidden = cv2.resize(np.asarray(hidden, np.float32), (size, size),
+                                    interpolation=cv2.INTER_LINEAR)
+            maps.append(render_parsing(pts.astype(np.float64) * size - 0.5, size, hidden))
+        feeds["parsing"] = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
+    return {k: v for k, v in feeds.items() if k in names}
 
 
 def template_landmarks68(size: int) -> np.ndarray:

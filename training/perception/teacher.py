@@ -94,8 +94,8 @@ def teacher_points(landmarker: FaceMeshLandmarker, crops: np.ndarray) -> tuple[n
     return fractions.astype(np.float32), presence.astype(np.float32)
 
 
-def _cache_file(cache_dir: Path, split: str, teacher_sha: str) -> Path:
-    return cache_dir / f"facemesh468-ferplus-{split}-v{CACHE_VERSION}-{teacher_sha[:12]}.npz"
+def _cache_file(cache_dir: Path, split: str, teacher_sha: str, dataset: str = "ferplus") -> Path:
+    return cache_dir / f"facemesh468-{dataset}-{split}-v{CACHE_VERSION}-{teacher_sha[:12]}.npz"
 
 
 def _read(path: Path) -> dict[str, tuple[np.ndarray, float]]:
@@ -127,12 +127,12 @@ def _write(path: Path, table: dict[str, tuple[np.ndarray, float]]) -> None:
 
 def cached_teacher_points(landmarker: FaceMeshLandmarker, teacher_path: Path, split: str,
                           names: Sequence[str], images: np.ndarray,
-                          cache_dir: Path | None = None,
-                          progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher points (N, 468, 2) fractions and presence (N,) for FERPlus images `names`
-    of `split` (pixels in `images`), from the cache where present, computing the rest."""
+                          cache_dir: Path | None = None, progress: bool = True,
+                          dataset: str = "ferplus") -> tuple[np.ndarray, np.ndarray]:
+    """Teacher points (N, 468, 2) fractions and presence (N,) for the images `names` of
+    `dataset`'s `split` (pixels in `images`), from the cache where present, computing the rest."""
     path = _cache_file(Path(cache_dir) if cache_dir else default_teacher_cache_dir(), split,
-                       sha256_of(Path(teacher_path)))
+                       sha256_of(Path(teacher_path)), dataset)
     table = _read(path)
     missing = [i for i, n in enumerate(names) if n not in table]
     if missing:
@@ -153,4 +153,30 @@ def cached_teacher_points(landmarker: FaceMeshLandmarker, teacher_path: Path, sp
     return points, presence
 
 
-__all__ = ["teacher_points", "cached_teacher_points", "default_teacher_cache_dir"]
+def teacher_landmarks68(dataset: str, split: str, names: Sequence[str], images: np.ndarray,
+                        min_presence: float = 0.5, progress: bool = True,
+                        teacher=None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 68, 2) iBUG-68 points in pixels of the stored crops and a (N,) bool "the teacher
+    found the face" mask: FaceMesh on each clean crop (cached), mapped 468 -> 68; where its
+    presence is below `min_presence` the FERPlus template stands in, which is also what a
+    model is fed at run time when no landmarks exist.
+
+    Why per image: the networks that learn from or are guided by landmarks (mask-aware's L_m
+    target, ORSANet's sparse prior) see the landmark student's per-face points in the app,
+    so training on the template alone would teach pose only and leave a train/run mismatch."""
+    from app.pipeline.landmarks68 import facemesh_to_ibug68
+    from app.pipeline.priors import template_landmarks68
+    from training.perception.train import teacher_landmarker
+
+    landmarker, teacher_path = teacher or teacher_landmarker()
+    points, presence = cached_teacher_points(landmarker, teacher_path, split, names, images,
+                                             progress=progress, dataset=dataset)
+    side = images.shape[1]
+    ibug = facemesh_to_ibug68(points).astype(np.float64) * side - 0.5
+    found = presence >= min_presence
+    ibug[~found] = template_landmarks68(side)
+    return ibug.astype(np.float32), found
+
+
+__all__ = ["teacher_points", "cached_teacher_points", "default_teacher_cache_dir",
+           "teacher_landmarks68"]

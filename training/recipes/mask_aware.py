@@ -9,13 +9,12 @@ paper trained on Dlib-masked images only; here the occluder family of `app.occlu
 images and the L_p targets, and no warmup, no label smoothing (none stated). GPU only.
 
 Training targets (`aux`): "occlusion" is the synthetic occluder's exact mask, moved by the
-same augmentation warp as the face (zeros for the clean half); "landmarks68" is the FERPlus
-68-point template (`app.pipeline.priors.FERPLUS_LANDMARKS68`, the FaceMesh teacher's mean
-on FERPlus) moved by that warp, because FERPlus carries no per-image landmarks and running
-the teacher on every training face is not part of this data path yet (augment_batch takes
-per-image `landmarks68` when someone provides them). So L_m teaches where the face's parts
-are after the warp (pose), not how an expression moves them - a weaker target than the
-paper's per-image Dlib landmarks, stated on purpose.
+same augmentation warp as the face (zeros for the clean half); "landmarks68" are the FaceMesh
+teacher's 68 points on the *clean* face (cached per image, `training.perception.teacher.
+teacher_landmarks68`; the FERPlus template for the ~3 % of faces where it finds none), moved
+by the same warp - the issue's "landmark targets from the landmark teacher on the clean
+image", standing in for the paper's per-image Dlib landmarks. (Before 2026-12-02 the target
+was the template moved by the warp, which taught pose only; no weights were shipped from that.)
 
 `fast`: 48 px (native FERPlus), width 24 (P = 192 x 12 x 12), FERM strides (1, 2, 1) so the
 CAM is 6 x 6, heat-map sigma 1 cell, AdamW lr 2e-3 cosine with half an epoch of warmup,

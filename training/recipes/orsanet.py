@@ -8,16 +8,23 @@ without the priors' networks; the paper counts 60.2 M / 6.9 G trainable), Adam l
 epoch), batch 20, 400 epochs, L = CE + 0.1 DARE (Eq. 12). The code's 5-epoch label-smoothing
 warm-up, SAM optimiser and class-balanced sampler are not in the paper and not used. GPU only.
 
-What replaces the unavailable pre-trained parts (and what it costs is not measurable here,
-since none of the originals can be run): IR-50's MS-Celeb-1M weights -> from scratch;
-MobileFaceNet's 512 x 7 x 7 landmark features -> occlufer's 68 landmarks (FaceMesh teacher)
-as heat-maps through a trainable encoder; SegFace's Swin-B features -> a LaPa-layout label
-map, drawn from those landmarks with occluded pixels as background until occlufer has a
-parser. On FERPlus training faces (`aux`) the landmarks are the FERPlus template moved by
-the augmentation warp, and the parsing map is drawn from them with the synthetic occluder's
-mask cut out - so in training the dense prior knows *where the occluder is* (what a parser
-would see) and the sparse prior knows only the pose. At inference the app must feed the same
-two inputs (see `ORSANet.extra_inputs`); fed nothing, the ONNX uses the template defaults.
+What replaces the unavailable pre-trained parts (none of the originals can be run here, so
+their own cost is not measurable; what *is* measured, in the model card and BENCHMARKS.md, is
+how much the priors are worth and how much our imperfect perception costs against perfect
+priors - `occlufer eval --priors template|runtime|oracle`):
+- IR-50's MS-Celeb-1M weights -> the same IR units trained from scratch;
+- MobileFaceNet's 512 x 7 x 7 landmark features -> 68 landmarks as heat-maps through a
+  trainable encoder: in training the FaceMesh teacher's points on the clean face (cached per
+  image; the template where it finds none), at run time and in `eval --priors runtime` the
+  landmark student's points on the (possibly occluded) face, which was trained to give the
+  teacher's clean-face points;
+- SegFace's Swin-B features -> a LaPa-layout label map drawn from those landmarks with hidden
+  pixels as background: in training the synthetic occluder's true mask, at run time the
+  occlusion network's map. Not occlufer's parser's own labels: FERPlus has no parsing ground
+  truth, and that parser was itself trained on maps rendered from the teacher's landmarks,
+  so rendering from the student's points carries the same information with one network less.
+The dense prior thus knows where the occluder is, the sparse prior where the face's parts
+are and how the expression moved them. Fed nothing, the ONNX uses the template defaults.
 
 `fast`: native 48 px, IR units 1/2/2 at 32/64/128 channels (6 x 6 map, kept as 36 tokens:
 patch_merge 1), 128-d tokens, 2 MCM layers, 4 heads, SPADE hidden 32; ~1.7 M parameters,
