@@ -97,9 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from app.pipeline.smoothing import ExpressionSmoother
     from app.recording import CsvRecorder
     from app.session_rows import SessionSchema, expression_classes
-    from app.sources import open_source
+    from app.sources import CameraSource, open_source, read_ahead
 
     source = open_source(args.source, loop=args.loop)  # fails before any file is created
+    depth = 0 if isinstance(source, CameraSource) else args.read_ahead
     pipeline = _pipeline(args)
     print(f"providers: {pipeline.providers}", file=sys.stderr)
     schema = SessionSchema(expression_classes(_store(args), [args.model] if args.model else []))
@@ -107,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad_frames = 0
     with source, CsvRecorder(Path(args.out), schema.columns) as recorder:
         progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
-        for frame in source:
+        for frame in read_ahead(source, depth):
             if args.max_frames is not None and frame.index >= args.max_frames:
                 break
             try:
@@ -210,6 +211,9 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--loop", action="store_true", help="loop files (with --max-frames)")
+    p.add_argument("--read-ahead", type=int, default=4, metavar="N",
+                   help="decode files and the demo up to N frames ahead in a thread while "
+                        "frames are analysed (0: off; cameras never read ahead)")
     p.add_argument("--model", help="expression model (adds label and class probability columns)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)

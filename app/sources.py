@@ -9,9 +9,11 @@ from __future__ import annotations
 import glob
 import math
 import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,3 +252,55 @@ def open_source(spec: str | int, loop: bool = False, width: int | None = None,
         raise SourceError(f"Source not found: {text} (use a camera index, a video, an image, "
                           "a folder of images, or `demo`)")
     return VideoSource(path, loop=loop)
+
+
+_END = object()
+
+
+def read_ahead(frames: Iterable[Frame], depth: int = 4) -> Iterator[Frame]:
+    """`frames`, decoded by a background thread up to `depth` frames ahead of the consumer.
+
+    Why: `occlufer run` on a file or the demo otherwise decodes and analyses in turn, so the
+    pipeline waits for every decode; OpenCV's decoders and warps release the GIL, so a reader
+    thread overlaps the two (measured in BENCHMARKS.md). Not for cameras: a queue of stale
+    frames is latency, and the camera driver buffers already. An error in the source (a file
+    that ends badly, a camera that vanishes) is raised here at the frame where it happened;
+    leaving the loop early stops the reader."""
+    if depth < 1:
+        yield from frames
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        """Put `item` once there is room; False when the consumer has left."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for frame in frames:
+                if not offer(frame):
+                    return
+            offer(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="occlufer-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=2.0)

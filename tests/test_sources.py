@@ -100,3 +100,30 @@ def test_demo_moves_and_ends():
     frames = list(source)
     assert len(frames) == 20 and frames[0].image.shape == (480, 640, 3)
     assert not np.array_equal(frames[0].image, frames[10].image)
+
+
+def test_read_ahead_gives_the_same_frames_raises_where_the_source_failed_and_stops_early():
+    import threading
+
+    from app.errors import SourceError
+    from app.sources import DemoSource, read_ahead
+
+    direct = [f.image for f in DemoSource(frames=12)]
+    ahead = [f.image for f in read_ahead(DemoSource(frames=12), depth=3)]
+    assert len(ahead) == 12 and all(np.array_equal(a, b) for a, b in zip(direct, ahead))
+    assert [f.index for f in read_ahead(DemoSource(frames=3), depth=0)] == [0, 1, 2]
+
+    def failing():
+        yield from DemoSource(frames=3)
+        raise SourceError("camera 0 disappeared")
+
+    got = []
+    with pytest.raises(SourceError, match="disappeared"):
+        for frame in read_ahead(failing(), depth=4):
+            got.append(frame.index)
+    assert got == [0, 1, 2]  # every frame before the failure arrived first
+
+    for frame in read_ahead(DemoSource(frames=None), depth=2):  # endless: leave after two
+        if frame.index == 1:
+            break
+    assert not [t for t in threading.enumerate() if t.name == "occlufer-read-ahead"]

@@ -698,6 +698,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         "|---|---|",
         f"| Network | `{checkpoint['model_name']}` {checkpoint['model_cfg']} |",
         f"| Recipe | `{recipe.name}`: {recipe.description} |",
+        *([f"| Substitutions | {recipe.substitutions} |"] if recipe.substitutions else []),
         f"| Classes | {', '.join(checkpoint['classes'])} |",
         f"| Input | `input` (N, 3, {recipe.size}, {recipe.size}) float32, "
         f"{checkpoint['input_spec']['color']} replicated to 3 channels, (x - 127.5) / 127.5 |",

@@ -43,6 +43,8 @@ class Recipe:
     #: `training_loss(..., aux={name: tensor})`; () = the plain (x, target) path
     aux: tuple[str, ...] = ()
     description: str = ""
+    #: what stands in for the paper's unavailable data or pre-trained parts (for the card)
+    substitutions: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,6 +30,12 @@ from training.augment import AugmentConfig
 from training.recipes import Recipe, fast_recipe
 
 AUX = ("occlusion", "landmarks68")
+SUBSTITUTIONS = ("the paper's Dlib 68 landmarks on the unmasked face (L_m target) -> the "
+                 "FaceMesh teacher's points (468 -> iBUG 68) on the clean face; its Dlib "
+                 "mask overlays on FER+ -> occlufer's procedural occluders (masks, sunglasses, "
+                 "objects, hands) on half the training faces, scored on the fixed synthetic "
+                 "occluded FERPlus test sets; 7-class masked FER+ -> FERPlus's 8 classes "
+                 "(majority protocol). The paper names no pre-training; none is used.")
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -51,6 +57,7 @@ RECIPES: dict[str, Recipe] = {
         patience=20,
         augment=AugmentConfig(),
         aux=AUX,
+        substitutions=SUBSTITUTIONS,
         description="Mask-aware FOPM+EFFM+FERM (width 64), 224 px, AdamW (0.9, 0.99) lr 2e-3 "
                     "x0.2 / 6 epochs, wd 1e-4, batch 16, <=300 epochs, patience 20, "
                     "L_p + 0.6 L_m + 0.4 L_d (GPU)",
@@ -60,6 +67,7 @@ RECIPES: dict[str, Recipe] = {
                    "beta": 0.6, "gamma": 0.4},
         epochs=14,
         aux=AUX,
+        substitutions=SUBSTITUTIONS,
         description="Mask-aware FOPM+EFFM+FERM (width 24), 48 px, AdamW lr 2e-3 cosine, "
                     "batch 64, wd 0.05, label smoothing 0.1, 14 epochs, "
                     "L_p + 0.6 L_m + 0.4 L_d (2-core CPU)",

@@ -38,6 +38,15 @@ from training.augment import AugmentConfig
 from training.recipes import Recipe, fast_recipe
 
 AUX = ("landmarks68", "parsing")
+SUBSTITUTIONS = ("IR-50 pre-trained on MS-Celeb-1M -> the same IR units from scratch; the frozen "
+                 "MobileFaceNet-68 feature map -> 68 landmarks as heat-maps through a trainable "
+                 "encoder (training: the FaceMesh teacher on the clean face; app: the landmark "
+                 "student); the frozen SegFace Swin-B features -> a LaPa label map drawn from "
+                 "those landmarks with hidden pixels as background (training: the occluder's "
+                 "true mask; app: the occlusion network's map). The originals cannot run here, "
+                 "so their own cost is not measurable; the table 'Accuracy by where the priors "
+                 "come from' measures what imperfect perception costs (oracle - runtime) and "
+                 "what the priors give (runtime - template).")
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -59,6 +68,7 @@ RECIPES: dict[str, Recipe] = {
         patience=400,
         augment=AugmentConfig(),
         aux=AUX,
+        substitutions=SUBSTITUTIONS,
         description="ORSANet (IR 3/4/14, 8 MCM layers, 512-d), 112 px, Adam lr 1e-4 constant, "
                     "batch 20, 400 epochs, CE + 0.1 DARE (GPU)",
     ),
@@ -70,6 +80,7 @@ RECIPES: dict[str, Recipe] = {
         epochs=12,
         lr=1e-3,
         aux=AUX,
+        substitutions=SUBSTITUTIONS,
         description="ORSANet (IR 1/2/2 at 32-128 ch, 2 MCM layers, 128-d), 48 px, AdamW lr "
                     "1e-3 cosine, batch 64, wd 0.05, label smoothing 0.1, 12 epochs, "
                     "CE + 0.1 DARE (2-core CPU)",
