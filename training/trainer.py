@@ -601,6 +601,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     from training.evaluate import (PRIOR_SOURCES, evaluate, model_metadata, occluded_root,
                                    predict)
 
+    finalize_started = time.perf_counter()
+
     best_path = out_dir / "best.pt"
     model, checkpoint = load_checkpoint_model(best_path)
     spec = InputSpec.from_manifest(checkpoint["input_spec"])
@@ -669,7 +671,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     card = write_card(out_dir / f"{name}.md", name=name, checkpoint=checkpoint, recipe=recipe,
                       command=command, dataset=dataset, data_root=data_root,
                       train_count=train_count, valid=valid, state=state, device=device,
-                      wall_seconds=wall_seconds, reports=reports, valid_acc=valid_acc,
+                      wall_seconds=wall_seconds + time.perf_counter() - finalize_started,
+                      reports=reports, valid_acc=valid_acc,
                       chosen=chosen, export=exports[chosen], final=final,
                       occlusion_aug=occlusion_aug, outputs=feature_map,
                       params=sum(p.numel() for p in model.parameters()), notes=notes,
