@@ -10,6 +10,7 @@ a manifest in a temporary folder (the repository's manifest is never touched).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -179,3 +180,16 @@ def install_facemesh(model_store) -> bool:
         return False
     model_store.fetch("facemesh_468")
     return True
+
+
+def mini_ferplus(ferplus_root: Path, dest: Path, rows: int) -> Path:
+    """The first `rows` test images of FERPlus in its own layout (label.csv + PNGs)."""
+    folder = dest / "FER2013Test"
+    folder.mkdir(parents=True)
+    with open(ferplus_root / "FER2013Test" / "label.csv", newline="") as handle:
+        lines = [row for row in csv.reader(handle) if row][:rows]
+    with open(folder / "label.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(lines)
+    for row in lines:
+        shutil.copyfile(ferplus_root / "FER2013Test" / row[0], folder / row[0])
+    return dest

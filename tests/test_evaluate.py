@@ -3,9 +3,7 @@ F1 and confusion are checked against numbers computed here from the raw ONNX out
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 import subprocess
 import sys
 import warnings
@@ -24,6 +22,7 @@ from exporters.classifier import export_classifier, sha256_file
 from models import create_model
 from training import evaluate as ev
 from training.data import EMOTIONS7, EMOTIONS8, load_split
+from tests.app_support import mini_ferplus
 
 SPEC = InputSpec(size=48)
 N = 300
@@ -101,19 +100,6 @@ def test_folder_dataset_with_seven_classes_against_an_eight_class_model(tiny_onn
     assert report["n"] == 70 and report["classes"] == list(EMOTIONS7)
     assert report["confusion_columns"][:7] == list(EMOTIONS7)
     assert (tmp_path / "report" / "confusion_matrix.png").is_file()
-
-
-def mini_ferplus(ferplus_root: Path, dest: Path, rows: int) -> Path:
-    """The first `rows` test images of FERPlus in its own layout (label.csv + PNGs)."""
-    folder = dest / "FER2013Test"
-    folder.mkdir(parents=True)
-    with open(ferplus_root / "FER2013Test" / "label.csv", newline="") as handle:
-        lines = [row for row in csv.reader(handle) if row][:rows]
-    with open(folder / "label.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows(lines)
-    for row in lines:
-        shutil.copyfile(ferplus_root / "FER2013Test" / row[0], folder / row[0])
-    return dest
 
 
 def test_occluded_set_is_built_once_then_reused(tiny_onnx, ferplus_root, tmp_path, monkeypatch):

@@ -5,8 +5,6 @@ the shipped landmark student and occlusion network. Real models and real faces t
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import cv2
@@ -22,6 +20,7 @@ from models import create_model
 from training import evaluate as ev
 from training.data import EMOTIONS8, load_split
 from training.perception.teacher import teacher_landmarks68
+from tests.app_support import mini_ferplus
 
 SIZE = 48
 SPEC = InputSpec(size=SIZE, color="gray")
@@ -35,18 +34,9 @@ def _nme(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def mini_ferplus(ferplus_root: Path, tmp_path_factory) -> Path:
+def mini_root(ferplus_root: Path, tmp_path_factory) -> Path:
     """The first N FERPlus test faces in the official layout."""
-    dest = tmp_path_factory.mktemp("mini-ferplus")
-    folder = dest / "FER2013Test"
-    folder.mkdir()
-    with open(ferplus_root / "FER2013Test" / "label.csv", newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row][:N]
-    with open(folder / "label.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    for row in rows:
-        shutil.copyfile(ferplus_root / "FER2013Test" / row[0], folder / row[0])
-    return dest
+    return mini_ferplus(ferplus_root, tmp_path_factory.mktemp("mini-ferplus"), N)
 
 
 def test_teacher_landmarks_are_each_faces_own_and_the_template_where_no_face(ferplus_root,
@@ -70,15 +60,15 @@ def test_teacher_landmarks_are_each_faces_own_and_the_template_where_no_face(fer
     np.testing.assert_array_equal(again, points)
 
 
-def test_eval_prior_sources_on_a_masked_set(mini_ferplus, teacher, tmp_path, monkeypatch):
+def test_eval_prior_sources_on_a_masked_set(mini_root, teacher, tmp_path, monkeypatch):
     monkeypatch.setenv("OCCLUFER_CACHE", str(tmp_path / "cache"))
     sets = tmp_path / "sets"
-    masked_root = ev.occluded_root(mini_ferplus, "masked", "test", sets, build=True)
+    masked_root = ev.occluded_root(mini_root, "masked", "test", sets, build=True)
     occluded = load_split("ferplus", masked_root, "test", progress=False)
-    clean = load_split("ferplus", mini_ferplus, "test", progress=False)
+    clean = load_split("ferplus", mini_root, "test", progress=False)
     assert list(occluded.names) == list(clean.names)
     kw = dict(dataset="ferplus", split="test", names=list(occluded.names),
-              clean_root=mini_ferplus, teacher=teacher)
+              clean_root=mini_root, teacher=teacher)
     names = ("landmarks68", "parsing")
     assert ev.evaluation_priors("template", names, SIZE, occluded.images,
                                 occluded_root_dir=masked_root, **kw) is None
@@ -119,7 +109,7 @@ def test_eval_prior_sources_on_a_masked_set(mini_ferplus, teacher, tmp_path, mon
     session = create_session(onnx_path, "cpu", 1)
     probs = {}
     for source in ev.PRIOR_SOURCES:
-        report = ev.evaluate(onnx_path, "ferplus", mini_ferplus, occlusion="masked",
+        report = ev.evaluate(onnx_path, "ferplus", mini_root, occlusion="masked",
                              occlusion_dir=sets, report_dir=tmp_path / source, priors=source,
                              teacher=teacher, build_occluded=False)
         assert report["priors"] == source and report["n"] == len(occluded)
