@@ -634,8 +634,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     reports: dict[str, dict[str, Any]] = {}
     # a prior-guided model is scored on the priors the app feeds it ("runtime"), and also on
     # perfect ("oracle") and no ("template") priors: what perception costs, what priors give
-    prior_check = create_session(final, "cpu")
-    sources = PRIOR_SOURCES if prior_input_types(prior_check) else ("runtime",)
+    session = create_session(final, "cpu")
+    sources = PRIOR_SOURCES if prior_input_types(session) else ("runtime",)
     prior_reports: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sources[1:]}
     kinds: list[str | None] = [None]
     if dataset.lower() == "ferplus":
@@ -665,7 +665,6 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
         tqdm.write(f"test {kind}: {report['accuracy']:.2f}% (macro-F1 {report['macro_f1']:.2f}, "
                    f"n={report['n']})")
 
-    session = create_session(final, "cpu")
     outputs = json.loads(model_metadata(session)[2].get("outputs", "{}"))
     feature_map = outputs.get("cam", "")
     card = write_card(out_dir / f"{name}.md", name=name, checkpoint=checkpoint, recipe=recipe,
