@@ -122,7 +122,7 @@ def app_child(minutes: float, out: Path, model: str, threads: int, detect_every:
     window.loop_check.setChecked(True)
     window.limit_spin.setValue(0)  # until stopped: the soak stops it by the clock
     window.start()
-    state: dict = {"since": None, "stopping": False}
+    state: dict = {"since": None}
 
     def tick() -> None:
         if state["since"] is None:  # record from the first analysed frame, once
@@ -133,10 +133,10 @@ def app_child(minutes: float, out: Path, model: str, threads: int, detect_every:
         recording = window.recording
         if recording is None:  # the recorder's first status is on its way
             return
-        if recording.active and not state["stopping"] \
-                and time.monotonic() - state["since"] >= minutes * 60:
-            state["stopping"] = True
-            window.record_action.trigger()  # stop recording
+        if recording.active and time.monotonic() - state["since"] >= minutes * 60:
+            # ask the session directly, and again each tick until it has stopped: toggling the
+            # checkable action once did not stop a 30-minute recording (2026-12-02)
+            window.session.stop_recording("soak: video time reached")
         elif not recording.active:
             (out / "app_session.txt").write_text(str(recording.folder))
             window.stop()
@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                    "--model", args.model, "--device", "cpu", "--threads", str(args.threads),
                    "--detect-every", str(args.detect_every)]
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the child's stderr goes to a file: a 30-minute run can say more than a pipe's buffer holds
+    log = open(args.out / "child.log", "w")
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     times, rss = [], []
     while child.poll() is None:
         value = rss_mb(child.pid)
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - started)
             rss.append(value)
         time.sleep(args.every)
-    err = child.stderr.read() if child.stderr else ""
+    log.close()
+    err = (args.out / "child.log").read_text(errors="replace")
     what = "the app" if args.app else "occlufer run"
     if child.returncode != 0:
         print(f"{what} failed ({child.returncode}):\n{err[-2000:]}", file=sys.stderr)
