@@ -1,6 +1,6 @@
 """The `occlufer` command.
 
-Runtime subcommands (models, detect, run, bench) use onnxruntime only; train, eval, export
+Runtime subcommands (models, detect, run, bench, doctor, gpu-check) use onnxruntime only; train, eval, export
 and occlude import the torch-side packages lazily, so a runtime-only install still starts.
 Every OccluferError is printed as one clear message (no traceback) with a non-zero exit.
 """
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from app import __version__
-from app.errors import BadFrameError, OccluferError
+from app.errors import OccluferError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -62,11 +62,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ detect / run
 def _pipeline(args: argparse.Namespace):
     from app.pipeline.pipeline import build_pipeline
+    from app.run_rows import pipeline_kwargs
 
-    return build_pipeline(_store(args), device=args.device, threads=args.threads,
-                          score_threshold=args.score, detector_model=args.detector,
-                          expression_model=getattr(args, "model", None),
-                          max_side=args.detect_side, detect_every=args.detect_every)
+    return build_pipeline(_store(args), **pipeline_kwargs(getattr(args, "model", None),
+                                                          _pipeline_options(args)))
 
 
 def _face_json(face) -> dict:
@@ -91,38 +90,45 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_options(args: argparse.Namespace) -> dict:
+    """The run options of `args`, named as app.run_rows (and app.api) name them."""
+    from app.run_rows import PIPELINE_DEFAULTS
+
+    return {name: getattr(args, name) for name in PIPELINE_DEFAULTS}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.pipeline.smoothing import ExpressionSmoother
     from app.recording import CsvRecorder
-    from app.session_rows import SessionSchema, expression_classes
-    from app.sources import CameraSource, open_source, read_ahead
+    from app.run_rows import RunRows
 
-    source = open_source(args.source, loop=args.loop)  # fails before any file is created
-    depth = 0 if isinstance(source, CameraSource) else args.read_ahead
-    pipeline = _pipeline(args)
-    print(f"providers: {pipeline.providers}", file=sys.stderr)
-    schema = SessionSchema(expression_classes(_store(args), [args.model] if args.model else []))
-    smoother = ExpressionSmoother()
-    bad_frames = 0
-    with source, CsvRecorder(Path(args.out), schema.columns) as recorder:
-        progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
-        for frame in read_ahead(source, depth):
-            if args.max_frames is not None and frame.index >= args.max_frames:
-                break
-            try:
-                result = pipeline.process(frame)
-            except BadFrameError as exc:
-                bad_frames += 1
-                print(f"frame {frame.index} skipped: {exc}", file=sys.stderr)
-                continue
-            for row in schema.rows(smoother.update(result), args.model):
-                recorder.write(row)
-            progress.update(1)
-        progress.close()
+    # the one row-producing path, shared with app.api.analyze; the source is opened (and
+    # fails) before any file is created
+    with RunRows.open(args.source, model=args.model, store=_store(args), loop=args.loop,
+                      read_ahead=args.read_ahead, **_pipeline_options(args)) as run:
+        print(f"providers: {run.pipeline.providers}", file=sys.stderr)
+        with CsvRecorder(Path(args.out), run.columns) as recorder:
+            progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
+            for rows in run.frames(args.max_frames):
+                for row in rows:
+                    recorder.write(row)
+                progress.update(1)
+            progress.close()
+    bad_frames = run.bad_frames
     print(f"wrote {recorder.rows} rows to {args.out}" + (f" ({bad_frames} bad frames skipped)"
                                                         if bad_frames else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from app.report import write_report  # matplotlib only when a report is asked for
+
+    report = write_report(Path(args.session), Path(args.out))
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {report.html} and {len(report.figures)} figures "
+          f"({report.summary.rows} rows, {len(report.summary.tracks)} tracks)")
     return 0
 
 
@@ -139,6 +145,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from app.bench import bench_command
 
     return bench_command(args)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from app.doctor import doctor_command
+
+    return doctor_command(args)
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from app.gpu_check import gpu_check_command
+
+    return gpu_check_command(args)
 
 
 # ------------------------------------------------------------------ torch-side commands
@@ -206,6 +224,8 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_detect)
 
+    from app.run_rows import DEFAULT_MODEL  # one default for `occlufer run` and app.api
+
     p = sub.add_parser("run", help="run the pipeline headless and write a CSV")
     p.add_argument("--source", required=True, help="camera index, video, image, folder or `demo`")
     p.add_argument("--out", required=True, help="CSV file to write")
@@ -214,9 +234,16 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--read-ahead", type=int, default=4, metavar="N",
                    help="decode files and the demo up to N frames ahead in a thread while "
                         "frames are analysed (0: off; cameras never read ahead)")
-    p.add_argument("--model", help="expression model (adds label and class probability columns)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="expression model (adds label and class probability columns)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="figures and report.html from a recorded session")
+    p.add_argument("session", help="a session folder (frames.csv, metadata.json) or a CSV of "
+                                   "`occlufer run`")
+    p.add_argument("--out", required=True, help="folder for report.html and the PNG figures")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("app", help="the desktop app: live view, overlays, model switch, recording")
     p.add_argument("--source", help="camera index, video, image, folder or `demo` (starts at once)")
@@ -230,6 +257,20 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     add_bench_args(p)
     _add_runtime_options(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", help="what this machine has (CUDA, Qt, cameras, models, disk) "
+                                      "and the command that fixes what is wrong")
+    from app.doctor import add_doctor_args
+
+    add_doctor_args(p)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("gpu-check", help="the GPU acceptance run: providers, CUDA-vs-CPU parity, "
+                                         "fps for 1/4/16 faces, training throughput (JSON)")
+    from app.gpu_check import add_gpu_check_args
+
+    add_gpu_check_args(p)
+    p.set_defaults(func=cmd_gpu_check)
 
     p = sub.add_parser("export", help="export RetinaFace weights (.pth) to verified ONNX")
     p.add_argument("network", choices=("retinaface",))

@@ -40,3 +40,8 @@ class DatasetError(OccluferError):
 
 class RecordingError(OccluferError):
     """A recording cannot be written (disk full, permission); rows already flushed are kept."""
+
+
+class SessionFileError(OccluferError):
+    """A recorded session (folder, frames.csv or `occlufer run` CSV) cannot be read: not
+    occlufer's, empty, or damaged beyond its last row; the message says which."""

@@ -43,6 +43,12 @@ OCCLUSION_COLUMNS = ["occlusion_ratio", "visible_regions"] + [f"vis_{part}" for 
 LATENCY_STAGES = (*STAGES, "frame")
 #: A region counts as visible when at least this share of it is not occluded.
 VISIBLE_AT = 0.5
+#: The files of a recorded session folder (the app's Record button writes them; `occlufer
+#: report` and the session viewer read them).
+CSV_NAME, METADATA_NAME, VIDEO_NAME = "frames.csv", "metadata.json", "video.mp4"
+#: Columns holding whole numbers and text; every other column holds a decimal number.
+INTEGER_COLUMNS = frozenset({"frame", "faces", "face", "track_id", "detected"})
+TEXT_COLUMNS = frozenset({"timestamp", "model", "label", "smoothed_label", "visible_regions"})
 
 
 def iso_time(timestamp: float) -> str:

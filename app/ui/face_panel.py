@@ -10,22 +10,16 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPen
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+from app.class_colours import class_hex
 from app.pipeline.records import FaceAnalysis
 from app.ui.face_history import TrackTrace
 
-#: Colours of the usual FER classes; other names take the fallback palette by position.
-CLASS_COLOURS = {
-    "neutral": "#a0a4ab", "happiness": "#ffd34d", "happy": "#ffd34d", "surprise": "#ff9640",
-    "sadness": "#4d8dff", "sad": "#4d8dff", "anger": "#ff4d4d", "angry": "#ff4d4d",
-    "disgust": "#5fcf6a", "fear": "#b36bff", "contempt": "#c08a5a",
-}
-FALLBACK_COLOURS = ["#4dd0e1", "#f06292", "#aed581", "#ffb74d", "#9575cd", "#4db6ac", "#e57373", "#90a4ae"]
 #: Cards of tracks unseen for this many updates are removed (a detector blink keeps its card).
 CARD_GRACE_UPDATES = 20
 
 
 def class_colour(name: str, index: int) -> QColor:
-    return QColor(CLASS_COLOURS.get(name.lower(), FALLBACK_COLOURS[index % len(FALLBACK_COLOURS)]))
+    return QColor(class_hex(name, index))
 
 
 def _track_hex(track_id: int) -> str:

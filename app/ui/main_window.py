@@ -75,6 +75,7 @@ class MainWindow(QMainWindow):
         self.recording: RecordingStatus | None = None
         self.last_update: LiveUpdate | None = None
         self.frames_shown = 0
+        self.viewers: list = []  # session viewers opened from File -> Open session
         self._shown_times: deque[float] = deque(maxlen=60)
         self._available: frozenset[str] = frozenset()
         self._overlay_options = self.settings.overlays
@@ -134,6 +135,8 @@ class MainWindow(QMainWindow):
                                             tip="Save the frame with its overlays as PNG")
         self.open_file_action = self._action("Open video or image…", "Ctrl+O", self._open_file)
         self.open_folder_action = self._action("Open image folder…", "Ctrl+Shift+O", self._open_folder)
+        self.open_session_action = self._action("Open session…", "Ctrl+Alt+O", self._open_session,
+                                                tip="Review a recorded session folder")
         self.demo_action = self._action("Demo", "Ctrl+D", self.use_demo, tip="Run the built-in demo")
         self.output_action = self._action("Recording folder…", None, self._choose_output)
         self.quit_action = self._action("Quit", "Ctrl+Q", self.close)
@@ -152,7 +155,8 @@ class MainWindow(QMainWindow):
 
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
-        for action in (self.open_file_action, self.open_folder_action, self.demo_action, None,
+        for action in (self.open_file_action, self.open_folder_action, self.demo_action,
+                       self.open_session_action, None,
                        self.snapshot_action, self.output_action, None, self.quit_action):
             file_menu.addSeparator() if action is None else file_menu.addAction(action)
         session_menu = menu.addMenu("&Session")
@@ -434,6 +438,28 @@ class MainWindow(QMainWindow):
             self.start()
         else:
             self._select_data(self.source_combo, self.settings.source or "demo")
+
+    def _open_session(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a recorded session folder",
+                                                str(self.settings.output_dir))
+        if path:
+            self.open_session(Path(path))
+
+    def open_session(self, folder: Path):
+        """A session viewer window on `folder` (a recording), or a banner saying why not."""
+        from app.errors import OccluferError
+        from app.ui.session_viewer import SessionViewer
+
+        try:
+            viewer = SessionViewer.open(folder, self.store)
+        except OccluferError as exc:
+            self.banner.show_notice(Notice("session", f"Cannot open the session: {exc}", "error"))
+            return None
+        self.banner.clear("session")
+        self.viewers.append(viewer)
+        viewer.resize(1280, 860)
+        viewer.show()
+        return viewer
 
     def _say_no_camera(self) -> None:
         self.banner.show_notice(Notice(

@@ -23,9 +23,8 @@ from app.errors import RecordingError
 from app.pipeline.records import FrameResult
 from app.recording import CsvRecorder
 from app.runtime.store import ModelStore
-from app.session_rows import SessionSchema, iso_time, model_metadata, session_metadata
-
-CSV_NAME, METADATA_NAME, VIDEO_NAME = "frames.csv", "metadata.json", "video.mp4"
+from app.session_rows import (CSV_NAME, METADATA_NAME, VIDEO_NAME, SessionSchema, iso_time,
+                               model_metadata, session_metadata)
 
 
 @dataclass(frozen=True)
