@@ -7,8 +7,20 @@ kill-and-resume in between: that is what makes `--resume` continue exactly.
 Order matters: the synthetic occluder is drawn first, on the face as framed by the data set
 (the occlusion package places occluders from FERPlus's mean landmarks), then one affine warp
 applies crop/scale/rotation/flip to face and occluder together, as a camera would see them.
+Camera degradations (`training.degrade`: blur, small faces, noise, JPEG, exposure) come last,
+after the photometric jitter, because a camera degrades the occluder together with the face.
 Resizing and normalisation are `app.pipeline.preprocess.prepare_batch`, the function the app
 and evaluation use, so train and test pixels differ only by the augmentation itself.
+
+Painting an occluder (supersampled, anti-aliased) costs ~1.6 ms, ten times the rest of a
+sample's augmentation, and was the wall of CPU training once the network ran in bf16. With
+`occluder_bank = K` the occluders of an epoch are painted once, K of them, each for the
+FERPlus mean face with its own jitter (`OccluderBank`, seeded per slot and generation), and
+every occluded face composites one of them (exposure, softness and grain matched to that
+face), before the per-face warp moves face and occluder together. Each occluder lives four
+epochs, a quarter of the bank repainted per epoch (`BANK_LIFE`). K = 4096 gives every
+occluder ~3 faces an epoch, each under a different warp, and ~45,000 distinct occluders over
+a 42-epoch run; `occluder_bank = 0` paints one per face, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import cv2
 import numpy as np
 
 from app.pipeline.preprocess import InputSpec, prepare_batch
+from training.degrade import DegradeConfig, random_degradation
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,8 @@ class AugmentConfig:
     contrast: float = 0.2  # multiplicative, 1 +- contrast
     occlusion_p_clean: float = 0.5  # with occlusion on: probability of leaving a face clean
     occlusion_kinds: tuple[str, ...] = field(default=())  # () means every kind the package has
+    occluder_bank: int = 0  # occluders painted per epoch and shared by its faces; 0 = per face
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)  # camera degradations
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -82,14 +97,68 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+#: epochs an occluder of the bank lives; slot k is repainted when (epoch + k) % BANK_LIFE == 0
+BANK_LIFE = 4
+
+
+class OccluderBank:
+    """The occluders of one epoch (see the module docstring). Slot k holds kind
+    `kinds[k % len(kinds)]`, so the kinds stay balanced, and lives BANK_LIFE epochs, the slots
+    staggered so that a quarter of the bank is repainted each epoch: its generator is that of
+    (seed, k, generation) alone, so a bank is the same in every process and after a resume,
+    and a process that keeps its `previous` bank paints only the new quarter."""
+
+    def __init__(self, seed: int, epoch: int, shape: tuple[int, int], kinds: Sequence[str],
+                 size: int, previous: "OccluderBank | None" = None) -> None:
+        from app.occlusion.synthesis import render_occluder
+
+        self.key = (int(seed), tuple(shape), tuple(kinds), int(size))
+        old = previous.slots if previous is not None and previous.key == self.key else {}
+        self.slots: dict[tuple[int, int], object] = {}
+        for k in range(size):
+            generation = (int(epoch) + k % BANK_LIFE) // BANK_LIFE
+            item = old.get((k, generation))
+            if item is None:
+                item = render_occluder(tuple(shape), kinds[k % len(kinds)],
+                                       np.random.default_rng([int(seed), k, generation, 65537]))
+            self.slots[(k, generation)] = item
+        self.items = list(self.slots.values())
+
+    def occlude(self, image: np.ndarray, rng: np.random.Generator, p_clean: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """`random_occlusion` with the occluder taken from the bank: (image, mask)."""
+        from app.occlusion.synthesis import composite
+
+        if rng.random() < p_clean:
+            return image.copy(), np.zeros(image.shape[:2], np.float32)
+        return composite(image, self.items[int(rng.integers(len(self.items)))], rng)
+
+
+_BANKS: dict[tuple, OccluderBank] = {}
+
+
+def occluder_bank(seed: int, epoch: int, shape: tuple[int, int], kinds: Sequence[str],
+                  size: int) -> OccluderBank:
+    """The bank of (seed, epoch) for faces of `shape`, built on first use in this process
+    from the newest bank it holds; only the two newest are kept."""
+    key = (int(seed), int(epoch), tuple(shape), tuple(kinds), int(size))
+    if key not in _BANKS:
+        previous = next(reversed(_BANKS.values())) if _BANKS else None
+        while len(_BANKS) >= 2:
+            _BANKS.pop(next(iter(_BANKS)))
+        _BANKS[key] = OccluderBank(seed, epoch, shape, kinds, size, previous)
+    return _BANKS[key]
+
+
 def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                  occlusion: bool) -> np.ndarray:
-    """Occlude (with probability 1 - p_clean), then warp and jitter one uint8 face."""
-    return augment_image_aux(image, rng, cfg, occlusion)[0]
+                  occlusion: bool, bank: OccluderBank | None = None) -> np.ndarray:
+    """Occlude (with probability 1 - p_clean), then warp, jitter and degrade one uint8 face."""
+    return augment_image_aux(image, rng, cfg, occlusion, bank=bank)[0]
 
 
 def augment_image_aux(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None,
-                      occlusion: bool, landmarks68: np.ndarray | None = None
+                      occlusion: bool, landmarks68: np.ndarray | None = None,
+                      bank: OccluderBank | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`augment_image` that also returns what the warp did to the face's geometry: the
     occluder's mask (H, W) float32 (1 = hidden; zeros for a clean face) and the 68 landmarks
@@ -104,14 +173,29 @@ def augment_image_aux(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
     mask = np.zeros(image.shape[:2], np.float32)
     if cfg is None:
         return image, mask, points
-    if occlusion:
+    if occlusion and bank is not None:
+        image, mask = bank.occlude(image, rng, cfg.occlusion_p_clean)
+    elif occlusion:
         from training.occlusion import KINDS, random_occlusion
 
         kinds = cfg.occlusion_kinds or KINDS
         image, mask, _ = random_occlusion(image, rng, kinds=kinds, p_clean=cfg.occlusion_p_clean)
     matrix, flipped = affine_matrix(image.shape[:2], rng, cfg)
     image, mask = warp(image, matrix), warp(mask, matrix)
-    return photometric(image, rng, cfg), mask, warp_landmarks68(points, matrix, flipped)
+    image = photometric(image, rng, cfg)
+    if cfg.degrade.p > 0:
+        image, _ = random_degradation(image, rng, cfg.degrade)
+    return image, mask, warp_landmarks68(points, matrix, flipped)
+
+
+def _bank_for(images: np.ndarray, indices: Sequence[int], epoch: int, seed: int,
+              cfg: AugmentConfig | None, occlusion: bool) -> OccluderBank | None:
+    if cfg is None or not occlusion or cfg.occluder_bank <= 0 or len(indices) == 0:
+        return None
+    from training.occlusion import KINDS
+
+    shape = tuple(int(v) for v in images[indices[0]].shape[:2])
+    return occluder_bank(seed, epoch, shape, cfg.occlusion_kinds or KINDS, cfg.occluder_bank)
 
 
 #: Per-sample training extras `augment_batch(..., aux=...)` can return, for models whose
@@ -132,10 +216,11 @@ def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: 
     "parsing" (B, S, S) int64 LaPa labels drawn from those landmarks with occluded pixels as
     background (`app.pipeline.priors.render_parsing`). `landmarks68` optionally gives every
     stored image's own points (N, 68, 2) in its pixels instead of the FERPlus template."""
+    bank = _bank_for(images, indices, epoch, seed, cfg, occlusion)
     if not aux:
         crops = [images[i] for i in indices]
         if cfg is not None:
-            crops = [augment_image(crop, sample_rng(seed, epoch, i), cfg, occlusion)
+            crops = [augment_image(crop, sample_rng(seed, epoch, i), cfg, occlusion, bank)
                      for crop, i in zip(crops, indices)]
         return prepare_batch(crops, spec)
     from app.pipeline.priors import render_parsing
@@ -147,7 +232,7 @@ def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: 
     for i in indices:
         own = None if landmarks68 is None else landmarks68[i]
         crop, mask, pts = augment_image_aux(images[i], sample_rng(seed, epoch, i), cfg,
-                                            occlusion, own)
+                                            occlusion, own, bank)
         side = crop.shape[0]
         crops.append(crop)
         masks.append(cv2.resize(mask, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR)

@@ -48,6 +48,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="augmentation processes (default 0 on <= 2 cores; 0 = in the "
                              "training process)")
+    parser.add_argument("--precision", default="auto",
+                        choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast dtype (default auto: bf16 on CPUs with AVX512-BF16/AMX "
+                             "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const",
+                        const=False, default=None,
+                        help="keep NCHW tensors (default: channels_last on the CPU)")
+    parser.add_argument("--occluder-bank", type=int, default=None, metavar="K",
+                        help="occluders painted per epoch and shared by its faces (default: "
+                             "the recipe's; 0 = one painted per face)")
     add_publish_args(parser)
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the occluded test sets are (default "
@@ -74,7 +84,9 @@ def run_train(args: argparse.Namespace) -> int:
                        occlusion_aug=args.occlusion_aug, limit=args.limit, seed=args.seed,
                        workers=args.workers, register=args.register, manifest=args.manifest,
                        occlusion_dir=args.occlusion_dir,
-                       build_occluded=args.build_occluded_sets, command=_command_line())
+                       build_occluded=args.build_occluded_sets, command=_command_line(),
+                       precision=args.precision, channels_last=args.channels_last,
+                       occluder_bank=args.occluder_bank)
     except KeyError as exc:  # unknown model or recipe
         raise OccluferError(str(exc.args[0])) from exc
     print(f"wrote {result}")

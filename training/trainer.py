@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,49 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def prefetched(batches, depth: int = 2):
+    """Yield the items of `batches` (an iterable that augments on demand) while a background
+    thread prepares the next `depth`: with augmentation in the training process, OpenCV and
+    numpy release the GIL, so the next batch is painted while torch runs this one. An error in
+    the thread is raised here, in order."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=produce, name="augment-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def default_workers() -> int:
     """Augmentation processes: none on a 2-core machine (measured: a worker only competes
     with torch's two threads there, 113 vs 118 img/s), else most of the spare cores."""
@@ -198,7 +241,7 @@ def attach_teacher_landmarks(dataset: str, train: SplitArrays, valid: SplitArray
 
 
 # --------------------------------------------------------------------------- optimisation
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe, fused: bool = False) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only: decaying BN scales and biases only hurts."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
@@ -208,7 +251,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                                nesterov=recipe.nesterov)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
+        # the fused kernel: one pass over all parameters (5.5 -> 2.4 ms a step on the CPU)
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), fused=fused)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
@@ -251,6 +295,8 @@ class RunState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: one entry per training session: git commit, first epoch, precision, memory format
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check_resume_identity(checkpoint: dict[str, Any], identity: dict[str, Any],
@@ -310,6 +356,16 @@ def git_commit() -> str:
         return "uncommitted"
 
 
+def code_versions(state: RunState) -> str:
+    """The commits that trained the epochs and the one that exported and scored them."""
+    now = git_commit()
+    trained = [f"from epoch {s['from_epoch'] + 1} at git commit {s['commit']} "
+               f"({s['precision']})" for s in state.sessions]
+    if not trained:
+        return f"git commit {now}"
+    return f"trained {'; '.join(trained)}; exported and evaluated at git commit {now}"
+
+
 def hardware(device: str) -> str:
     from app.bench import cpu_name
 
@@ -329,6 +385,36 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise OccluferError(f"unknown device {device!r}: use cpu, cuda or auto")
     return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
+    doubles training speed (measured: 374 -> 786 img/s with channels_last on the ResNet-18
+    fast network); elsewhere torch emulates it and it is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training (None = fp32). `auto`: bf16 on a CUDA GPU that has it
+    (else fp16 with a GradScaler) and on a CPU with native bf16, fp32 on other CPUs."""
+    if precision not in PRECISIONS:
+        raise OccluferError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise OccluferError("--precision fp16 needs --device cuda; on a CPU use bf16 or fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 # --------------------------------------------------------------------------- loops
@@ -386,7 +472,9 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
           test_limit: int | None = None, stop_after: int | None = None, finalize: bool = True,
           register: bool = True, manifest: Path | None = None, entry_name: str | None = None,
           occlusion_dir: Path | None = None, build_occluded: bool = False,
-          command: str | None = None, progress: bool = True, teacher=None) -> Path:
+          command: str | None = None, progress: bool = True, teacher=None,
+          precision: str = "auto", channels_last: bool | None = None,
+          occluder_bank: int | None = None, prefetch: bool = True) -> Path:
     """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
     `finalize` is off or `stop_after` ended the run early).
 
@@ -398,12 +486,19 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     `manifest` overrides $OCCLUFER_MANIFEST / assets/manifest.json for `register`;
     `teacher` is (FaceMeshLandmarker, ONNX path) for recipes whose `aux` needs landmarks
     (default: the installed `facemesh_468`).
+    Engine settings, which change speed and not the recipe: `precision` (autocast dtype,
+    `resolve_precision`), `channels_last` (default: on for the CPU, where oneDNN's
+    convolutions run faster in NHWC: 609 -> 786 img/s in bf16), `occluder_bank` (overrides
+    the recipe's `augment.occluder_bank`; see `training.augment`).
     """
     from models import create_model
 
     started_wall = time.perf_counter()
     recipe_obj = get_recipe(model_name, recipe) if isinstance(recipe, str) else recipe
     recipe_obj = recipe_obj.with_epochs(epochs)
+    if occluder_bank is not None:
+        recipe_obj = replace(recipe_obj,
+                             augment=replace(recipe_obj.augment, occluder_bank=int(occluder_bank)))
     name = entry_name or default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug)
     data_root = Path(data_root).expanduser().resolve()
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / name
@@ -429,14 +524,18 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     spec = InputSpec(size=recipe_obj.size, color=recipe_obj.color)  # type: ignore[arg-type]
     model_cfg = {**recipe_obj.model_cfg, "num_classes": len(classes), "in_chans": spec.channels}
     model = create_model(model_name, **model_cfg).to(torch_device)
-    optimizer = make_optimizer(model, recipe_obj)
+    optimizer = make_optimizer(model, recipe_obj, fused=True)
     batch_size = min(recipe_obj.batch_size, len(train_data))
     steps_per_epoch = len(epoch_batches(len(train_data), batch_size, 0, seed))
     scheduler = make_scheduler(optimizer, recipe_obj, steps_per_epoch)
-    amp_dtype = None
-    if torch_device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = resolve_precision(precision, torch_device)
+    # validation on the CPU stays fp32: the best epoch is chosen on what the ONNX will compute
+    eval_dtype = amp_dtype if torch_device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if channels_last is None:
+        channels_last = torch_device.type == "cpu"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
 
     identity = {"model_name": model_name, "dataset": dataset, "recipe": recipe_obj.name,
                 "seed": seed, "limit": limit, "occlusion_aug": occlusion_aug}
@@ -457,6 +556,13 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
                    f"(best FER2013Valid {state.best_acc:.2f}% at epoch {state.best_epoch})")
     elif resume:
         tqdm.write(f"no checkpoint in {out_dir}; starting a new run")
+    if state.epoch < recipe_obj.epochs and not state.stopped_early:
+        # the code that trains this session's epochs (the card lists every session's)
+        state.sessions.append({"commit": git_commit(), "from_epoch": state.epoch,
+                               "precision": str(amp_dtype).replace("torch.", "")
+                               if amp_dtype else "float32",
+                               "channels_last": bool(channels_last),
+                               "started": dt.datetime.now().isoformat(timespec="seconds")})
 
     n_workers = default_workers() if workers is None else workers
     source = BatchSource(train_data, spec, recipe_obj.augment, occlusion_aug, seed,
@@ -482,14 +588,15 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
             generator=torch.Generator().manual_seed(seed), pin_memory=torch_device.type == "cuda")
         model.train()
         seen, correct, loss_sum, epoch_start = 0, 0, 0.0, time.perf_counter()
-        bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
+        bar = tqdm(prefetched(loader) if n_workers == 0 and prefetch else loader,
+                   total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
                    unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.5 if interactive else 30.0)
         for batch_index, (x, target, *extras) in enumerate(bar):
             if hasattr(model, "set_progress"):  # see the contract in models/__init__.py
                 model.set_progress((epoch * len(batches) + batch_index)
                                    / (recipe_obj.epochs * len(batches)))
-            x = x.to(torch_device, non_blocking=True)
+            x = x.to(torch_device, non_blocking=True).contiguous(memory_format=memory_format)
             target = target.to(torch_device, non_blocking=True)
             with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if extras:  # Recipe.aux: the model's training_loss takes them as `aux`
@@ -518,7 +625,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         bar.close()
         seconds = time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate_torch(model, valid_x, valid_data.labels, torch_device,
-                                           amp_dtype, priors=valid_priors)
+                                           eval_dtype, priors=valid_priors)
         state.epoch += 1
         state.train_seconds += seconds
         improved = val_acc > state.best_acc
@@ -767,7 +874,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         "## Training",
         "",
         f"- Command: `{command}`",
-        f"- Code: git commit {git_commit()}",
+        f"- Code: {code_versions(state)}",
         f"- Data: {dataset} at `{data_root}`; {train_count} training images "
         f"(label mode {recipe.label_mode}), {len(valid)} validation images ({valid.source}); "
         f"synthetic occlusion augmentation {occlusion_text}",

@@ -9,6 +9,7 @@ exactly wherever the output pixel is the input pixel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -53,14 +54,34 @@ def synthesize(image: np.ndarray, kind: str, rng: np.random.Generator,
     All randomness comes from `rng`, so a seeded generator reproduces the result exactly.
     """
     _check_image(image)
+    occluder = render_occluder((int(image.shape[0]), int(image.shape[1])), kind, rng,
+                               landmarks5)
+    return composite(image, occluder, rng)
+
+
+@dataclass(frozen=True)
+class RenderedOccluder:
+    """One occluder painted for a face frame, not yet laid over any face: the expensive half
+    of `synthesize` (supersampled painting), which training renders once per epoch into a
+    bank and composites over many faces (`training.augment.OccluderBank`)."""
+
+    kind: str
+    premult: np.ndarray  # (H, W, 3) float32 premultiplied RGB
+    alpha: np.ndarray  # (H, W) float32 in [0, 1]
+    frame: FaceFrame
+
+
+def render_occluder(shape: tuple[int, int], kind: str, rng: np.random.Generator,
+                    landmarks5: np.ndarray | None = None) -> RenderedOccluder:
+    """Paint one occluder of `kind` for a face of `shape` framed by `landmarks5` (default: the
+    FERPlus mean points with a little jitter, drawn from `rng` as `synthesize` does)."""
     if kind not in _DRAWERS:
         raise ValueError(f"unknown occlusion kind {kind!r}; expected one of {KINDS}")
-    shape = (int(image.shape[0]), int(image.shape[1]))
     points = default_landmarks(shape, rng) if landmarks5 is None else landmarks5
     frame = FaceFrame.from_landmarks(points)
     sketch, matrix = _DRAWERS[kind](frame, rng, shape)
     premult, alpha = sketch.render(shape, matrix, supersampling(shape))
-    return _composite(image, premult, alpha, frame, rng)
+    return RenderedOccluder(kind, premult, alpha, frame)
 
 
 def random_occlusion(image: np.ndarray, rng: np.random.Generator,
@@ -91,14 +112,18 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} px is too small to occlude")
 
 
-def _composite(image: np.ndarray, premult: np.ndarray, alpha: np.ndarray, frame: FaceFrame,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def composite(image: np.ndarray, occluder: RenderedOccluder,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Lay the occluder over the image the way a camera would have seen it: exposed like the
     face (dark photos get dark occluders), as soft as the photo, with sensor grain.
 
     Blur is applied to colour and alpha together and grain is scaled by alpha, so pixels the
     occluder does not touch keep their exact input values.
     """
+    if occluder.alpha.shape != image.shape[:2]:
+        raise ValueError(f"occluder painted for {occluder.alpha.shape}, image is "
+                         f"{image.shape[:2]}")
+    premult, alpha, frame = occluder.premult, occluder.alpha, occluder.frame
     shape = image.shape[:2]
     sigma = rng.uniform(0.2, 0.5) * max(1.0, max(shape) / 96)
     premult = cv2.GaussianBlur(premult, (0, 0), sigma)

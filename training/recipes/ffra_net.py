@@ -36,7 +36,7 @@ about 70 min each.
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe, fast_recipe
+from training.recipes import Recipe, cpu_recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -66,3 +66,4 @@ RECIPES: dict[str, Recipe] = {
                     "14 epochs, lambda 0.6 (2-core CPU)",
     ),
 }
+RECIPES["cpu"] = cpu_recipe(RECIPES["fast"])  # `fast`, long and robust: see CPU_LONG

@@ -39,7 +39,7 @@ many small attention operators, suffers more than plain ResNets: keep the machin
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe, fast_recipe
+from training.recipes import Recipe, cpu_recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -72,3 +72,4 @@ RECIPES: dict[str, Recipe] = {
                     "0.5/0.5 two-stream CE (2-core CPU)",
     ),
 }
+RECIPES["cpu"] = cpu_recipe(RECIPES["fast"])  # `fast`, long and robust: see CPU_LONG

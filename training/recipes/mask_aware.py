@@ -27,7 +27,7 @@ fast's does (~3.5 min on 2 free cores).
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe, fast_recipe
+from training.recipes import Recipe, cpu_recipe, fast_recipe
 
 AUX = ("occlusion", "landmarks68")
 SUBSTITUTIONS = ("the paper's Dlib 68 landmarks on the unmasked face (L_m target) -> the "
@@ -73,3 +73,4 @@ RECIPES: dict[str, Recipe] = {
                     "L_p + 0.6 L_m + 0.4 L_d (2-core CPU)",
     ),
 }
+RECIPES["cpu"] = cpu_recipe(RECIPES["fast"])  # `fast`, long and robust: see CPU_LONG

@@ -35,7 +35,7 @@ wd 0.05, label smoothing 0.1, batch 64, 12 epochs, CE + 0.1 DARE (2-core CPU).
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe, fast_recipe
+from training.recipes import Recipe, cpu_recipe, fast_recipe
 
 AUX = ("landmarks68", "parsing")
 SUBSTITUTIONS = ("IR-50 pre-trained on MS-Celeb-1M -> the same IR units from scratch; the frozen "
@@ -86,3 +86,4 @@ RECIPES: dict[str, Recipe] = {
                     "CE + 0.1 DARE (2-core CPU)",
     ),
 }
+RECIPES["cpu"] = cpu_recipe(RECIPES["fast"])  # `fast`, long and robust: see CPU_LONG

@@ -24,7 +24,7 @@ through the whole trainer with occlusion augmentation, i.e. ~3.5 min per FERPlus
 from __future__ import annotations
 
 from training.augment import AugmentConfig
-from training.recipes import Recipe, fast_recipe
+from training.recipes import Recipe, cpu_recipe, fast_recipe
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
@@ -50,3 +50,4 @@ RECIPES: dict[str, Recipe] = {
                     "batch 64, wd 0.05, label smoothing 0.1, 14 epochs (2-core CPU)",
     ),
 }
+RECIPES["cpu"] = cpu_recipe(RECIPES["fast"])  # `fast`, long and robust: see CPU_LONG
