@@ -4,7 +4,9 @@ Every expression network follows the contract of `models/__init__.py` (`forward_
 -> last map, `classifier` on its global average pool), so one wrapper serves all five:
 
     input  `input` (N, 3, S, S) float32, normalised as the InputSpec in the metadata says
-    output `probs` (N, C) softmax of the network's logits
+    output `probs` (N, C) softmax of the network's logits, after the post-hoc correction
+                   fitted on validation (`PostHoc`: class-prior logit adjustment, temperature,
+                   optional mirror averaging), so the probabilities are calibrated in-graph
     output `cam`   (N, C, h, w) class activation maps (Zhou et al. 2016), computed in-graph:
                    cam_c = ReLU(sum_k W[c, k] * F[k]) / (max_hw ReLU(...) + 1e-6)
 
@@ -72,12 +74,32 @@ class ExportParityError(RuntimeError):
     """onnxruntime disagrees with torch on the exported network (nothing was written)."""
 
 
+@dataclass(frozen=True)
+class PostHoc:
+    """What the graph does to the network's logits before the softmax (fitted on validation
+    by `training.calibration`): `probs = softmax((logits + logit_bias) / temperature)`, with
+    the logits (and CAM) averaged over the face and its mirror image when `flip_tta` is on.
+    The CAM never sees the bias or temperature: it shows where the evidence is, not how much."""
+
+    logit_bias: tuple[float, ...] | None = None
+    temperature: float = 1.0
+    flip_tta: bool = False
+
+    def to_metadata(self) -> str:
+        return json.dumps({"logit_bias": list(self.logit_bias or ()),
+                           "temperature": self.temperature, "flip_tta": self.flip_tta})
+
+
 class ProbsAndCam(nn.Module):
     """The exported graph: one pass through the features gives both the class probabilities
     and the CAM, so the app pays for the map only with one 1x1 convolution."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, posthoc: PostHoc | None = None) -> None:
         super().__init__()
+        self.posthoc = posthoc or PostHoc()
+        bias = self.posthoc.logit_bias
+        self.register_buffer("logit_bias", torch.tensor(bias, dtype=torch.float32)
+                             if bias is not None else torch.zeros(0), persistent=False)
         if not (hasattr(model, "logits_and_cam")
                 or isinstance(getattr(model, "classifier", None), nn.Linear)):
             raise TypeError(f"{type(model).__name__} has neither `logits_and_cam` nor "
@@ -109,9 +131,23 @@ class ProbsAndCam(nn.Module):
         logits = classifier(features.mean(dim=(2, 3)))
         return logits, F.conv2d(features, classifier.weight[:, :, None, None])
 
+    def corrected(self, logits: torch.Tensor) -> torch.Tensor:
+        """The post-hoc step on (mirror-averaged) logits: `(logits + bias) / temperature`."""
+        if self.logit_bias.numel():
+            logits = logits + self.logit_bias
+        if self.posthoc.temperature != 1.0:
+            logits = logits / self.posthoc.temperature
+        return logits
+
     def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, evidence, more = self.all_outputs(x, *extras)
-        probs = F.softmax(logits, dim=1)
+        if self.posthoc.flip_tta:  # the mirror image; its maps are mirrored back
+            logits_m, evidence_m, more_m = self.all_outputs(torch.flip(x, dims=(3,)), *extras)
+            logits = (logits + logits_m) / 2
+            evidence = (evidence + torch.flip(evidence_m, dims=(3,))) / 2
+            more = tuple((a + torch.flip(b, dims=(b.ndim - 1,))) / 2 if b.ndim >= 3 else
+                         (a + b) / 2 for a, b in zip(more, more_m))
+        probs = F.softmax(self.corrected(logits), dim=1)
         cam = F.relu(evidence)
         cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
         return (probs, cam, *more)
@@ -210,7 +246,9 @@ def _torch_outputs(wrapper: ProbsAndCam, x: np.ndarray
         tensor = torch.from_numpy(x)
         probs, cam, *more = wrapper(tensor)
         logits = wrapper.model(tensor)
-        contract = float((F.softmax(logits, 1) - probs).abs().max())
+        if wrapper.posthoc.flip_tta:
+            logits = (logits + wrapper.model(torch.flip(tensor, dims=(3,)))) / 2
+        contract = float((F.softmax(wrapper.corrected(logits), 1) - probs).abs().max())
     return probs.numpy(), cam.numpy(), contract, [m.numpy() for m in more]
 
 
@@ -264,14 +302,14 @@ def export_classifier_report(
     model: nn.Module, spec: InputSpec, classes: Sequence[str], out: Path, fp16: bool = False,
     opset: int = 17, *, model_name: str | None = None, source_checkpoint: Path | None = None,
     verify_images: Sequence[np.ndarray] | None = None, verify_labels: np.ndarray | None = None,
-    extra_metadata: dict[str, str] | None = None,
+    extra_metadata: dict[str, str] | None = None, posthoc: PostHoc | None = None,
 ) -> ExportReport:
     """`export_classifier`, returning the verification measurements as well."""
     import onnx
 
     out = Path(out)
     model = model.eval().cpu()
-    wrapper = ProbsAndCam(model).eval()
+    wrapper = ProbsAndCam(model, posthoc).eval()
     num_classes = num_classes_of(model)
     if len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names for a {num_classes}-class network")
@@ -306,6 +344,7 @@ def export_classifier_report(
         **({"extra_inputs": json.dumps(extra_inputs)} if extra_inputs else {}),
         "weights_dtype": "float16 (float32 compute)" if fp16 else "float32",
         "exporter": "occlufer exporters/classifier.py",
+        "posthoc": wrapper.posthoc.to_metadata(),
         **source,
         **(extra_metadata or {}),
     }

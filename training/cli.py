@@ -14,8 +14,11 @@ from pathlib import Path
 
 from app.errors import OccluferError
 
+#: `--occlusion`: none, every occluder kind and camera-degradation set, or `all` (clean plus
+#: the sets a model's card reports: training.occlusion.EVALUATED_SETS)
 OCCLUSION_CHOICES = ("none", "masked", "sunglasses", "objects", "hands", "block_upper",
-                     "block_lower", "block_left", "block_right", "all")
+                     "block_lower", "block_left", "block_right", "blur", "small", "jpeg",
+                     "noise", "lowlight", "degraded", "all")
 
 
 def add_publish_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +61,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--occluder-bank", type=int, default=None, metavar="K",
                         help="occluders painted per epoch and shared by its faces (default: "
                              "the recipe's; 0 = one painted per face)")
+    parser.add_argument("--teacher", dest="teachers", nargs="+", default=None, metavar="MODEL",
+                        help="distil from these shipped models' distribution on each clean "
+                             "training face (information-gap distillation; default: the "
+                             "recipe's)")
+    parser.add_argument("--distill-weight", type=float, default=None,
+                        help="weight of the teacher distribution in the target (default 0.5)")
     add_publish_args(parser)
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the occluded test sets are (default "
@@ -86,7 +95,8 @@ def run_train(args: argparse.Namespace) -> int:
                        occlusion_dir=args.occlusion_dir,
                        build_occluded=args.build_occluded_sets, command=_command_line(),
                        precision=args.precision, channels_last=args.channels_last,
-                       occluder_bank=args.occluder_bank)
+                       occluder_bank=args.occluder_bank, teachers=args.teachers,
+                       distill_weight=args.distill_weight)
     except KeyError as exc:  # unknown model or recipe
         raise OccluferError(str(exc.args[0])) from exc
     print(f"wrote {result}")
@@ -138,8 +148,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     onnx_path = resolve_model_file(args.model, args.manifest)
-    kinds = ["none", "masked", "sunglasses", "objects", "hands"] if args.occlusion == "all" \
-        else [args.occlusion]
+    from training.occlusion import EVALUATED_SETS
+
+    kinds = ["none", *EVALUATED_SETS] if args.occlusion == "all" else [args.occlusion]
     summary = {}
     for kind in kinds:
         report_dir = args.report if len(kinds) == 1 else args.report / kind

@@ -40,6 +40,7 @@ class Ranges:
     small_side: tuple[int, int] = (10, 34)  # the face is seen at this many px, then upsampled
     noise_sigma: tuple[float, float] = (2.0, 20.0)  # Gaussian read noise, of 255
     noise_shot: tuple[float, float] = (0.0, 1.2)  # signal-dependent (shot) noise gain
+    noise_blur_p: float = 0.5  # share of noise softened by demosaicing
     jpeg_quality: tuple[int, int] = (6, 55)
     dark_gain: tuple[float, float] = (0.18, 0.75)  # under-exposure: scene light x gain
     dark_gamma: tuple[float, float] = (1.0, 2.2)  # crushed shadows (> 1 darkens mid-tones)
@@ -51,7 +52,7 @@ TRAIN_RANGES = Ranges()
 #: the fixed test sets: moderate-to-heavy, strictly inside the training ranges
 TEST_RANGES = Ranges(defocus_radius=(1.4, 2.4), motion_length=(4.0, 8.0), small_side=(12, 22),
                      noise_sigma=(8.0, 16.0), noise_shot=(0.3, 1.0), jpeg_quality=(8, 20),
-                     dark_gain=(0.22, 0.45), dark_gamma=(1.2, 1.8), bright_gain=(1.3, 1.6),
+                     dark_gain=(0.3, 0.6), dark_gamma=(1.0, 1.5), bright_gain=(1.3, 1.6),
                      p_bright=0.0)
 
 
@@ -145,7 +146,7 @@ def noise(image: np.ndarray, rng: np.random.Generator, ranges: Ranges = TRAIN_RA
     shot = rng.uniform(*ranges.noise_shot)
     std = np.sqrt(sigma ** 2 + shot * np.maximum(x, 0.0))
     grain = rng.standard_normal(x.shape).astype(np.float32) * std
-    if rng.random() < 0.5:
+    if rng.random() < ranges.noise_blur_p:
         grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.4, 0.9))
     return _uint8(x + grain)
 

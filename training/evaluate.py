@@ -43,6 +43,8 @@ from app.pipeline.preprocess import InputSpec, prepare_batch
 from app.runtime.store import sha256_of as sha256_file  # the one sha256 of a file
 from app.runtime.providers import create_session, session_provider
 from training.data import load_split
+from app.occlusion import KINDS as OCCLUDER_KINDS
+from training.calibration import expected_calibration_error, reliability_diagram
 
 CLEAN = ("none", "clean", "")
 PRIOR_SOURCES = ("runtime", "oracle", "template")
@@ -81,10 +83,11 @@ def occluded_root(ferplus_root: Path, kind: str, split: str = "test",
                   occlusion_dir: Path | None = None, build: bool = True) -> Path:
     """The FERPlus root of the `kind`-occluded copy of `split`, built first if missing."""
     from training.data.ferplus import SPLIT_FOLDERS
-    from training.occlusion import KINDS, write_test_sets
+    from training.occlusion import SET_KINDS, write_test_sets
 
-    if kind not in KINDS:
-        raise OccluferError(f"unknown occlusion {kind!r}; use none or one of {', '.join(KINDS)}")
+    if kind not in SET_KINDS:
+        raise OccluferError(f"unknown test set {kind!r}; use none or one of "
+                            f"{', '.join(SET_KINDS)}")
     base = Path(occlusion_dir) if occlusion_dir else default_occlusion_dir()
     root = base / kind
     if not occluded_set_ready(root, SPLIT_FOLDERS[split]):
@@ -308,9 +311,15 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
     pred = to_report[probs.argmax(axis=1)]
     metrics = classification_metrics(labels, pred, len(data.classes), len(pred_names))
     recall = metrics["per_class_recall"]
+    # calibration of the probabilities as shipped (top-class confidence vs being right)
+    label_in_model = np.array([list(model_classes).index(c) for c in data.classes])[labels]
+    calibration = expected_calibration_error(probs, label_in_model)
     report = {
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
+        "ece": calibration["ece"],
+        "mean_confidence": calibration["mean_confidence"],
+        "reliability": calibration["bins"],
         "per_class_accuracy": {name: recall[i] for i, name in enumerate(data.classes)},
         "per_class_count": {name: int(metrics["confusion"][i].sum())
                             for i, name in enumerate(data.classes)},
@@ -324,7 +333,7 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
         "priors": priors if extra else None,
         # a model that predicts its own occlusion map (mask-aware) is scored on it too
         "occlusion_map": (occlusion_map_scores(outputs["occlusion"], _occluder_masks(
-            data_root, names) if occlusion else None) if has_map else None),
+            data_root, names) if occlusion in OCCLUDER_KINDS else None) if has_map else None),
         "classes": list(data.classes),
         "model_classes": list(model_classes),
         "confusion": metrics["confusion"].tolist(),
@@ -346,4 +355,5 @@ def evaluate(onnx_path: Path, dataset: str, root: Path, split: str = "test",
              f"{report['accuracy']:.2f}% (n={report['n']})")
     plot_confusion(metrics["confusion"], data.classes, pred_names, title,
                    report_dir / "confusion_matrix.png")
+    reliability_diagram(calibration, report_dir / "reliability.png", title)
     return report

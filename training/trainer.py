@@ -91,6 +91,9 @@ class BatchSource(torch.utils.data.Dataset):
         self.split, self.spec, self.augment = split, spec, augment
         self.occlusion, self.seed, self.label_mode = occlusion, seed, label_mode
         self.aux = tuple(aux)  # Recipe.aux: per-sample extras for the model's training_loss
+        #: (N, C) teacher distribution on each clean face (`training.distill`), or None
+        self.teacher: np.ndarray | None = None
+        self.distill_weight = 0.0
 
     def __len__(self) -> int:  # only for DataLoader's bookkeeping
         return len(self.split)
@@ -114,6 +117,11 @@ class BatchSource(torch.utils.data.Dataset):
             target = torch.from_numpy((draws > cumulative).sum(axis=1).astype(np.int64))
         else:
             target = torch.from_numpy(self.split.soft[idx])
+        if self.teacher is not None:
+            from training.distill import mix_targets
+
+            target = torch.from_numpy(mix_targets(target.numpy(), self.teacher[idx],
+                                                  self.distill_weight))
         if extras is not None:
             return (torch.from_numpy(x), target,
                     {k: torch.from_numpy(v) for k, v in extras.items()})
@@ -458,10 +466,13 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def default_entry_name(model_name: str, recipe: str, dataset: str, occlusion_aug: bool) -> str:
+def default_entry_name(model_name: str, recipe: str, dataset: str, occlusion_aug: bool,
+                       distilled: bool = False) -> str:
     name = f"{model_name}_{recipe}"
     if dataset.lower() != "ferplus":
         name += f"_{dataset.lower()}"
+    if distilled:
+        name += "_kd"
     return name if occlusion_aug else name + "_noocc"
 
 
@@ -474,7 +485,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
           occlusion_dir: Path | None = None, build_occluded: bool = False,
           command: str | None = None, progress: bool = True, teacher=None,
           precision: str = "auto", channels_last: bool | None = None,
-          occluder_bank: int | None = None, prefetch: bool = True) -> Path:
+          occluder_bank: int | None = None, prefetch: bool = True,
+          teachers: Sequence[str] | None = None, distill_weight: float | None = None) -> Path:
     """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
     `finalize` is off or `stop_after` ended the run early).
 
@@ -490,6 +502,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     `resolve_precision`), `channels_last` (default: on for the CPU, where oneDNN's
     convolutions run faster in NHWC: 609 -> 786 img/s in bf16), `occluder_bank` (overrides
     the recipe's `augment.occluder_bank`; see `training.augment`).
+    `teachers` / `distill_weight` override the recipe's distillation (`training.distill`);
+    a distilled run's default entry name ends in `_kd`.
     """
     from models import create_model
 
@@ -499,7 +513,12 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     if occluder_bank is not None:
         recipe_obj = replace(recipe_obj,
                              augment=replace(recipe_obj.augment, occluder_bank=int(occluder_bank)))
-    name = entry_name or default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug)
+    if teachers is not None:
+        recipe_obj = replace(recipe_obj, distill_teachers=tuple(teachers))
+    if distill_weight is not None:
+        recipe_obj = replace(recipe_obj, distill_weight=float(distill_weight))
+    name = entry_name or default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug,
+                                            bool(recipe_obj.distill_teachers))
     data_root = Path(data_root).expanduser().resolve()
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -539,6 +558,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
 
     identity = {"model_name": model_name, "dataset": dataset, "recipe": recipe_obj.name,
                 "seed": seed, "limit": limit, "occlusion_aug": occlusion_aug}
+    if recipe_obj.distill_teachers:  # (absent for undistilled runs: older checkpoints resume)
+        identity["distill"] = [list(recipe_obj.distill_teachers), recipe_obj.distill_weight]
     state = RunState()
     if resume and last_path.exists():
         checkpoint = torch.load(last_path, map_location=torch_device, weights_only=False)
@@ -567,6 +588,16 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     n_workers = default_workers() if workers is None else workers
     source = BatchSource(train_data, spec, recipe_obj.augment, occlusion_aug, seed,
                          recipe_obj.label_mode, recipe_obj.aux)
+    distill_note = None
+    if recipe_obj.distill_teachers:
+        from training.distill import teacher_targets
+
+        source.teacher, distill_note = teacher_targets(
+            recipe_obj.distill_teachers, train_data.images, train_data.names or [], classes,
+            manifest, progress=progress)
+        source.distill_weight = recipe_obj.distill_weight
+        distill_note += f", mixed into the target with weight {recipe_obj.distill_weight}"
+        tqdm.write(distill_note)
     valid_x = torch.from_numpy(augment_batch(valid_data.images, range(len(valid_data)), 0, seed,
                                              spec, None, False))
     valid_priors = None  # a prior-guided model is validated on the priors the app feeds it
@@ -666,13 +697,17 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     done = state.epoch >= recipe_obj.epochs or state.stopped_early
     if not finalize or not done:
         return last_path
+    from training.calibration import class_prior
+
+    prior = class_prior(train_data.soft, train_data.labels, len(classes))
     return finalize_run(
         out_dir=out_dir, name=name, dataset=dataset, data_root=data_root, valid=valid_data,
+        prior=prior,
         train_count=len(train_data), state=state, recipe=recipe_obj, command=command,
         device=device, test_limit=test_limit, register=register, manifest=manifest,
         occlusion_dir=occlusion_dir, build_occluded=build_occluded, occlusion_aug=occlusion_aug,
         wall_seconds=time.perf_counter() - started_wall,
-        notes=[landmark_note] if landmark_note else [], teacher=teacher)
+        notes=[n for n in (landmark_note, distill_note) if n], teacher=teacher)
 
 
 def _equivalent_command(model_name: str, dataset: str, data_root: Path, recipe: str, device: str,
@@ -694,11 +729,75 @@ def _equivalent_command(model_name: str, dataset: str, data_root: Path, recipe: 
 
 
 # --------------------------------------------------------------------------- after training
+#: mirror averaging is kept only when it gains this many points of validation accuracy
+FLIP_TTA_MIN_GAIN = 0.5
+
+
+def wrapper_logits(model: nn.Module, images: np.ndarray, spec: InputSpec, flip: bool,
+                   batch: int = 256) -> np.ndarray:
+    """The exported graph's logits (before any post-hoc correction) in fp32 torch, optionally
+    averaged with the mirror image's, exactly as `ProbsAndCam` computes them."""
+    from app.pipeline.preprocess import prepare_batch
+    from exporters.classifier import ProbsAndCam
+
+    wrapper = ProbsAndCam(model.eval().cpu()).eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(prepare_batch(list(images[start:start + batch]), spec))
+            logits = wrapper.all_outputs(x)[0]
+            if flip:
+                logits = (logits + wrapper.all_outputs(torch.flip(x, dims=(3,)))[0]) / 2
+            chunks.append(logits.float().numpy())
+    return np.concatenate(chunks)
+
+
+def choose_posthoc(model: nn.Module, valid: SplitArrays, spec: InputSpec, recipe: Recipe,
+                   prior: np.ndarray | None, classes: tuple[str, ...]):
+    """The export's post-hoc step (`exporters.classifier.PostHoc`) and what chose it:
+    mirror averaging if the recipe allows it and it pays on validation, then the logit
+    adjustment and temperature fitted on validation (`training.calibration`)."""
+    from exporters.classifier import PostHoc
+    from training.calibration import fit_calibration
+
+    if not recipe.posthoc and recipe.flip_tta == "off":
+        return PostHoc(), None, None
+    plain = wrapper_logits(model, valid.images, spec, flip=False)
+    tta = None
+    flip = False
+    if recipe.flip_tta == "auto":
+        mirrored = wrapper_logits(model, valid.images, spec, flip=True)
+        acc = {k: float(np.mean(v.argmax(1) == valid.labels) * 100.0)
+               for k, v in (("off", plain), ("on", mirrored))}
+        flip = acc["on"] - acc["off"] >= FLIP_TTA_MIN_GAIN
+        tta = {"valid_accuracy_off": acc["off"], "valid_accuracy_on": acc["on"],
+               "kept": flip, "min_gain": FLIP_TTA_MIN_GAIN}
+        tqdm.write(f"mirror averaging: FER2013Valid {acc['off']:.2f}% -> {acc['on']:.2f}% "
+                   f"({'kept' if flip else 'not kept'}: needs +{FLIP_TTA_MIN_GAIN} points "
+                   "for twice the cost)")
+        if flip:
+            plain = mirrored
+    if not recipe.posthoc:
+        return PostHoc(flip_tta=flip), None, tta
+    if prior is None:
+        prior = np.full(len(classes), 1.0 / len(classes))
+    calibration = fit_calibration(plain, valid.labels, prior, classes,
+                                  prior_source=f"mean training target ({recipe.label_mode})")
+    before, after = calibration.valid["before"], calibration.valid["after"]
+    tqdm.write(f"post-hoc on FER2013Valid: tau {calibration.tau:.2f}, T "
+               f"{calibration.temperature:.3f}; accuracy {before['accuracy']:.2f} -> "
+               f"{after['accuracy']:.2f}, macro-F1 {before['macro_f1']:.2f} -> "
+               f"{after['macro_f1']:.2f}, ECE {before['ece']:.2f} -> {after['ece']:.2f}")
+    return (PostHoc(logit_bias=tuple(calibration.logit_bias),
+                    temperature=calibration.temperature, flip_tta=flip), calibration, tta)
+
+
 def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, valid: SplitArrays,
                  train_count: int, state: RunState, recipe: Recipe, command: str, device: str,
                  test_limit: int | None, register: bool, manifest: Path | None,
                  occlusion_dir: Path | None, build_occluded: bool, occlusion_aug: bool,
-                 wall_seconds: float, notes: Sequence[str] = (), teacher=None) -> Path:
+                 wall_seconds: float, notes: Sequence[str] = (), teacher=None,
+                 prior: np.ndarray | None = None) -> Path:
     """Export the best weights (fp16 if it holds accuracy), evaluate, write the card, register.
     `notes` are extra lines for the card's training section (e.g. where landmarks came from);
     `teacher` is the landmark teacher for a prior-guided model's oracle-prior scores."""
@@ -714,6 +813,7 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     model, checkpoint = load_checkpoint_model(best_path)
     spec = InputSpec.from_manifest(checkpoint["input_spec"])
     classes = tuple(checkpoint["classes"])
+    posthoc, calibration, tta = choose_posthoc(model, valid, spec, recipe, prior, classes)
     verify_n = min(256, len(valid))
     verify = dict(model_name=checkpoint["model_name"], source_checkpoint=best_path,
                   verify_images=list(valid.images[:verify_n]),
@@ -723,7 +823,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     exports, valid_acc = {}, {}
     for variant, fp16 in (("fp32", False), ("fp16", True)):
         path = out_dir / f"{name}_{variant}.onnx"
-        exports[variant] = export_classifier_report(model, spec, classes, path, fp16=fp16, **verify)
+        exports[variant] = export_classifier_report(model, spec, classes, path, fp16=fp16,
+                                                    posthoc=posthoc, **verify)
         session = create_session(path, "cpu")
         probs = predict(session, valid.images, spec, desc=f"valid {variant}")
         valid_acc[variant] = float(np.mean(probs.argmax(1) == valid.labels) * 100.0)
@@ -746,9 +847,9 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     prior_reports: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sources[1:]}
     kinds: list[str | None] = [None]
     if dataset.lower() == "ferplus":
-        from training.occlusion import TEST_SET_KINDS
+        from training.occlusion import EVALUATED_SETS
 
-        for kind in TEST_SET_KINDS:
+        for kind in EVALUATED_SETS:
             try:
                 occluded_root(data_root, kind, "test", occlusion_dir, build=build_occluded)
             except DatasetError:
@@ -782,7 +883,7 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                       chosen=chosen, export=exports[chosen], final=final,
                       occlusion_aug=occlusion_aug, outputs=feature_map,
                       params=sum(p.numel() for p in model.parameters()), notes=notes,
-                      prior_reports=prior_reports)
+                      prior_reports=prior_reports, calibration=calibration, tta=tta)
     if register:
         publish(name, final, card, spec, classes, recipe, reports, dataset, manifest)
     return final
@@ -794,7 +895,8 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
                reports: dict[str, dict[str, Any]], valid_acc: dict[str, float], chosen: str,
                export: Any, final: Path, occlusion_aug: bool, outputs: str,
                params: int, notes: Sequence[str] = (),
-               prior_reports: dict[str, dict[str, dict[str, Any]]] | None = None) -> Path:
+               prior_reports: dict[str, dict[str, dict[str, Any]]] | None = None,
+               calibration=None, tta: dict[str, Any] | None = None) -> Path:
     """A model card in the OpenCV Zoo / py-feat spirit: what it is, how it was made, how good."""
     from training.evaluate import sha256_file
 
@@ -818,15 +920,23 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         "",
         "## Accuracy",
         "",
-        "| Test set | Accuracy | Macro-F1 | n |",
-        "|---|---|---|---|",
+        "| Test set | Accuracy | Macro-F1 | ECE | disgust / contempt recall | n |",
+        "|---|---|---|---|---|---|",
     ]
+    from training.degrade import TEST_SETS as DEGRADED_SETS
+
     for kind, report in reports.items():
-        label = "FERPlus test (clean)" if kind == "clean" else f"FERPlus test + synthetic {kind}"
+        label = "FERPlus test (clean)" if kind == "clean" else (
+            f"FERPlus test, camera-degraded: {kind}" if kind in DEGRADED_SETS
+            else f"FERPlus test + synthetic {kind}")
         if dataset.lower() != "ferplus":
             label = f"{dataset} test"
+        rare = " / ".join(f"{report['per_class_accuracy'][c]:.1f}"
+                          if report["per_class_accuracy"].get(c) is not None else "–"
+                          for c in ("disgust", "contempt"))
+        ece = f"{report['ece']:.2f} %" if report.get("ece") is not None else "–"
         lines.append(f"| {label} | {report['accuracy']:.2f} % | {report['macro_f1']:.2f} | "
-                     f"{report['n']} |")
+                     f"{ece} | {rare} | {report['n']} |")
     if not reports:
         lines.append("| (no test split evaluated) | | | |")
     maps = {k: r["occlusion_map"] for k, r in reports.items() if r.get("occlusion_map")}
@@ -855,6 +965,39 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         for source, by_kind in prior_reports.items():
             lines.append(f"| {source} | " + " | ".join(
                 f"{by_kind[k]['accuracy']:.2f}" if k in by_kind else "–" for k in kinds) + " |")
+    if calibration is not None or tta is not None:
+        lines += ["", "## Post-hoc: class balance, calibration, mirror averaging", ""]
+    if tta is not None:
+        lines.append(f"Mirror averaging (the face and its mirror image, logits averaged): "
+                     f"FER2013Valid {tta['valid_accuracy_off']:.2f} % without, "
+                     f"{tta['valid_accuracy_on']:.2f} % with; "
+                     f"{'kept' if tta['kept'] else 'not kept'} (kept only for a gain of at "
+                     f"least {tta['min_gain']} points, since it doubles the expression stage).")
+        lines.append("")
+    if calibration is not None:
+        before, after = calibration.valid["before"], calibration.valid["after"]
+        lines += [
+            f"Folded into the graph: `probs = softmax((logits - {calibration.tau:.2f} · log prior)"
+            f" / {calibration.temperature:.3f})`, both fitted on FER2013Valid "
+            f"(n = {calibration.valid['n']}), never on test (`training/calibration.py`): the "
+            "logit adjustment (Menon et al. 2021) by the largest accuracy + macro-F1, then "
+            "the temperature (Guo et al. 2017) by the smallest NLL. Prior: "
+            f"{calibration.prior_source}.",
+            "",
+            "| FER2013Valid | accuracy | macro-F1 | NLL | ECE |", "|---|---|---|---|---|",
+            f"| network's own softmax | {before['accuracy']:.2f} | {before['macro_f1']:.2f} | "
+            f"{before['nll']:.4f} | {before['ece']:.2f} % |",
+            f"| shipped (adjusted + temperature) | {after['accuracy']:.2f} | "
+            f"{after['macro_f1']:.2f} | {after['nll']:.4f} | {after['ece']:.2f} % |",
+            "",
+            "Logit adjustment on FER2013Valid (tau 0 = none):", "",
+            "| tau | accuracy | macro-F1 | disgust recall | contempt recall |",
+            "|---|---|---|---|---|",
+        ]
+        for row in calibration.tau_table[::2]:
+            rare = [row["recall"].get(c) for c in ("disgust", "contempt")]
+            lines.append(f"| {row['tau']:.1f} | {row['accuracy']:.2f} | {row['macro_f1']:.2f} | "
+                         + " | ".join("–" if v is None else f"{v:.1f}" for v in rare) + " |")
     lines += [
         "",
         f"Best FER2013Valid accuracy during training (torch): {state.best_acc:.2f} % at epoch "

@@ -7,7 +7,8 @@ it is re-exported here so training code has one import.
 """
 
 from app.occlusion import CLEAN, KINDS, TEST_SET_KINDS, random_occlusion, synthesize
-from training.occlusion.testsets import contact_sheet, image_rng, main, write_test_sets
+from training.occlusion.testsets import (EVALUATED_SETS, SET_KINDS, contact_sheet, image_rng, main,
+                                        write_test_sets)
 
-__all__ = ["CLEAN", "KINDS", "TEST_SET_KINDS", "contact_sheet", "image_rng", "main",
+__all__ = ["CLEAN", "EVALUATED_SETS", "KINDS", "SET_KINDS", "TEST_SET_KINDS", "contact_sheet", "image_rng", "main",
            "random_occlusion", "synthesize", "write_test_sets"]

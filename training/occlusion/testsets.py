@@ -1,9 +1,10 @@
-"""Fixed occluded test sets and contact sheets.
+"""Fixed occluded and camera-degraded test sets, and contact sheets.
 
 A test set is a copy of a FERPlus split with every image occluded and the labels untouched,
 written in the official FERPlus layout so the ordinary FERPlus reader loads it
 (`--data-root OUT/<kind>`); masks are written beside it for mask-supervised models and for
-looking at. Each image's generator is derived from (seed, kind, file name) alone, so any one
+looking at. The degraded sets (`training.degrade.TEST_SETS`: blur, small, jpeg, noise,
+lowlight and the combined `degraded`) have no occluder and no masks. Each image's generator is derived from (seed, kind, file name) alone, so any one
 image can be regenerated without the others and re-runs give the same bytes.
 """
 
@@ -23,6 +24,12 @@ from tqdm import tqdm
 from app.errors import DatasetError, OccluferError
 from training.data.ferplus import LABEL_FILE, SPLIT_FOLDERS, read_votes
 from app.occlusion.synthesis import KINDS, TEST_SET_KINDS, synthesize
+from training.degrade import TEST_SETS as DEGRADED_SETS, degrade_for_test_set
+
+#: every fixed test set this module can write: occluders, then camera degradations
+SET_KINDS: tuple[str, ...] = KINDS + tuple(DEGRADED_SETS)
+#: what a model's final evaluation scores beside the clean split
+EVALUATED_SETS: tuple[str, ...] = TEST_SET_KINDS + tuple(DEGRADED_SETS)
 
 SHEET_COUNT = 48
 SHEET_TILE = 96  # contact sheet tiles are upscaled to at least this many pixels
@@ -41,9 +48,9 @@ def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TE
     `out_dir/<kind>/masks/<name>.png` and `out_dir/<kind>/contact_sheet.png` for each kind.
     Returns {kind: out_dir/<kind>}, each a FERPlus root for that one split."""
     ferplus_root, out_dir = Path(ferplus_root), Path(out_dir)
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in SET_KINDS]
     if unknown:
-        raise ValueError(f"unknown occlusion kinds {unknown}; expected some of {KINDS}")
+        raise ValueError(f"unknown test-set kinds {unknown}; expected some of {SET_KINDS}")
     if split not in SPLIT_FOLDERS:
         raise ValueError(f"unknown FERPlus split {split!r}; expected one of {tuple(SPLIT_FOLDERS)}")
     names, _ = read_votes(ferplus_root, split)  # validates the layout, with a helpful error
@@ -53,7 +60,8 @@ def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TE
         root = out_dir / kind
         images_dir, masks_dir = root / SPLIT_FOLDERS[split], root / "masks"
         images_dir.mkdir(parents=True, exist_ok=True)
-        masks_dir.mkdir(parents=True, exist_ok=True)
+        if kind not in DEGRADED_SETS:
+            masks_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / LABEL_FILE, images_dir / LABEL_FILE)
         sheet_images: list[np.ndarray] = []
         sheet_masks: list[np.ndarray] = []
@@ -65,14 +73,19 @@ def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TE
                                    "image; re-extract the FERPlus split")
             if image.ndim == 3 and image.shape[2] == 4:
                 image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-            occluded, mask = synthesize(image, kind, image_rng(seed, kind, name))
+            if kind in DEGRADED_SETS:  # the camera, not an occluder: nothing is hidden
+                occluded = degrade_for_test_set(image, kind, image_rng(seed, kind, name))
+                mask = np.zeros(image.shape[:2], np.float32)
+            else:
+                occluded, mask = synthesize(image, kind, image_rng(seed, kind, name))
+                _write(masks_dir / f"{Path(name).stem}.png",
+                       np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8))
             _write(images_dir / name, occluded)
-            _write(masks_dir / f"{Path(name).stem}.png",
-                   np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8))
             if len(sheet_images) < SHEET_COUNT:
                 sheet_images.append(occluded)
                 sheet_masks.append(mask)
-        contact_sheet(sheet_images, sheet_masks, root / "contact_sheet.png")
+        contact_sheet(sheet_images, None if kind in DEGRADED_SETS else sheet_masks,
+                      root / "contact_sheet.png")
         written[kind] = root
     return written
 
@@ -122,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True,
                         help="FERPlus root holding FER2013Train/Valid/Test")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--kinds", nargs="+", default=list(TEST_SET_KINDS), choices=KINDS,
+    parser.add_argument("--kinds", nargs="+", default=list(EVALUATED_SETS), choices=SET_KINDS,
                         metavar="KIND",
-                        help=f"occlusion kinds (default: {' '.join(TEST_SET_KINDS)}; "
-                             f"all: {' '.join(KINDS)})")
+                        help=f"test sets (default: {' '.join(EVALUATED_SETS)}; "
+                             f"all: {' '.join(SET_KINDS)})")
     parser.add_argument("--split", default="test", choices=tuple(SPLIT_FOLDERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -43,6 +43,16 @@ class Recipe:
     #: per-sample training extras (training.augment.AUX_KINDS) passed to the model's
     #: `training_loss(..., aux={name: tensor})`; () = the plain (x, target) path
     aux: tuple[str, ...] = ()
+    #: after training, fit the class-prior logit adjustment and temperature on validation and
+    #: fold them into the export (`training.calibration`); off = the network's own softmax
+    posthoc: bool = False
+    #: mirror-image test-time averaging: "off", or "auto" = on when it gains at least
+    #: `FLIP_TTA_MIN_GAIN` points on validation (it doubles the expression stage's cost)
+    flip_tta: str = "off"
+    #: information-gap distillation (`training.distill`): shipped models that score the clean
+    #: training faces; their distribution is mixed into the target with `distill_weight`
+    distill_teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
     description: str = ""
     #: what stands in for the paper's unavailable data or pre-trained parts (for the card)
     substitutions: str = ""
@@ -77,7 +87,7 @@ def fast_recipe(**fields: Any) -> Recipe:
 #: by a logit adjustment chosen on FER2013Valid (`training.calibration`), not in the loss, so
 #: one run serves every trade-off between accuracy and rare-class recall.
 CPU_LONG = dict(name="cpu", epochs=42, label_mode="crossentropy", label_smoothing=0.0,
-                patience=12)
+                patience=12, posthoc=True, flip_tta="auto")
 CPU_LONG_DEGRADE = DegradeConfig(p=0.4)
 CPU_LONG_BANK = 4096
 
