@@ -9,7 +9,8 @@ float for numbers, str for text, None for an empty cell). They are produced by t
 as the CLI's (`app.run_rows.RunRows`), so the two cannot drift apart.
 
 Pipeline options are named as the CLI's flags: device, threads, score, detector, detect_side,
-detect_every, and for sources loop and read_ahead; `store` is a `ModelStore` or a folder.
+detect_every, and for sources loop, read_ahead and pipelined (the detector one frame
+ahead on another core; the same rows); `store` is a `ModelStore` or a folder.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def analyze(source: str | int | Path, model: str | None = DEFAULT_MODEL, max_fra
 def _columns(model: str | None, store: ModelStore | str | Path | None) -> list[str]:
     from app.session_rows import SessionSchema, expression_classes
 
-    return SessionSchema(expression_classes(_store(store), [model] if model else [])).columns
+    store = _store(store)
+    model = store.resolve_expression_model(model)
+    return SessionSchema(expression_classes(store, [model] if model else [])).columns
 
 
 def _pandas():
@@ -105,13 +108,14 @@ class ImageAnalyzer:
     classifies a folder of photos should not reload them per photo). Each image is analysed
     on its own: no tracking or smoothing carries over from the previous one."""
 
-    def __init__(self, model: str | None = None, *, store: ModelStore | str | Path | None = None,
-                 **pipeline_options: Any) -> None:
+    def __init__(self, model: str | None = DEFAULT_MODEL, *,
+                 store: ModelStore | str | Path | None = None, **pipeline_options: Any) -> None:
         from app.pipeline.pipeline import build_pipeline
         from app.run_rows import pipeline_kwargs
         from app.session_rows import SessionSchema, expression_classes
 
         store = _store(store)
+        model = store.resolve_expression_model(model)
         self.model = model
         self.pipeline = build_pipeline(store, **pipeline_kwargs(model, pipeline_options))
         self.schema = SessionSchema(expression_classes(store, [model] if model else []))
@@ -136,7 +140,7 @@ class ImageAnalyzer:
 _LAST_ANALYZER: dict[tuple, ImageAnalyzer] = {}
 
 
-def analyze_image(image: np.ndarray, model: str | None = None,
+def analyze_image(image: np.ndarray, model: str | None = DEFAULT_MODEL,
                   color: Literal["bgr", "rgb"] = "bgr", *,
                   store: ModelStore | str | Path | None = None,
                   **pipeline_options: Any) -> list[Row]:

@@ -106,7 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the one row-producing path, shared with app.api.analyze; the source is opened (and
     # fails) before any file is created
     with RunRows.open(args.source, model=args.model, store=_store(args), loop=args.loop,
-                      read_ahead=args.read_ahead, **_pipeline_options(args)) as run:
+                      read_ahead=args.read_ahead, pipelined=args.pipelined,
+                      **_pipeline_options(args)) as run:
         print(f"providers: {run.pipeline.providers}", file=sys.stderr)
         with CsvRecorder(Path(args.out), run.columns) as recorder:
             progress = tqdm(total=args.max_frames, unit="frame", desc="run", disable=None)
@@ -118,6 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad_frames = run.bad_frames
     print(f"wrote {recorder.rows} rows to {args.out}" + (f" ({bad_frames} bad frames skipped)"
                                                         if bad_frames else ""), file=sys.stderr)
+    speed = run.speed()
+    if speed["fps"] is not None:  # "x real time": how long hours of recorded video take
+        realtime = f", {speed['x_real_time']}x real time (source at {speed['source_fps']:g} fps)" \
+            if speed["x_real_time"] else ""
+        print(f"analysed {speed['frames']} frames in {speed['wall_s']:.1f} s: {speed['fps']} fps"
+              f"{realtime}; {'pipelined' if run.pipelined else 'sequential'}", file=sys.stderr)
     return 0
 
 
@@ -138,7 +145,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     return run_app(source=args.source, model=args.model, device=args.device,
                    threads=args.threads, detector=args.detector, store=_store(args),
                    pipeline_options={"max_side": args.detect_side,
-                                     "detect_every": args.detect_every})
+                                     "detect_every": args.detect_every,
+                                     "pipelined": args.pipelined})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -202,6 +210,10 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "in between (re-detects at once when a face is lost; 1 = every frame)")
     p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
                                    "or ~/.cache/occlufer/models)")
+    p.add_argument("--pipeline", dest="pipelined", action=argparse.BooleanOptionalAction,
+                   default=True, help="run the face detector on the next frame while this "
+                   "frame's faces are analysed, on another core (same rows; --no-pipeline: "
+                   "one stage after another)")
 
 
 def build_parser(training: bool = False) -> argparse.ArgumentParser:
@@ -235,7 +247,9 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
                    help="decode files and the demo up to N frames ahead in a thread while "
                         "frames are analysed (0: off; cameras never read ahead)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="expression model (adds label and class probability columns)")
+                   help="expression model (label and class probability columns; default: the "
+                        "best shipped model, the manifest's default_expression; `none` for no "
+                        "expression stage)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -247,7 +261,8 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="the desktop app: live view, overlays, model switch, recording")
     p.add_argument("--source", help="camera index, video, image, folder or `demo` (starts at once)")
-    p.add_argument("--model", help="expression model to start with")
+    p.add_argument("--model", help="expression model to start with (default: the last one "
+                                   "used, else the best shipped model)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_app)
 

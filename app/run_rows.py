@@ -10,6 +10,7 @@ CLI and the API side by side to hold them equal.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,12 @@ PIPELINE_DEFAULTS: dict[str, Any] = {"device": "auto", "threads": None, "score":
                                      "detector": "retinaface_mnet025", "detect_side": 640,
                                      "detect_every": 1}
 #: The expression model of a run that names none (`occlufer run` without --model, and
-#: `app.api.analyze(model=None)`): one default for both.
-DEFAULT_MODEL: str | None = None
-#: Source options of `occlufer run` (--loop, --read-ahead).
-SOURCE_DEFAULTS: dict[str, Any] = {"loop": False, "read_ahead": 4}
+#: `app.api.analyze(model=None)`): one default for both, the manifest's best model
+#: (`ModelStore.default_expression_model`); "none" runs no expression stage.
+DEFAULT_MODEL: str | None = "default"
+#: Source and executor options of `occlufer run` (--loop, --read-ahead, --pipeline /
+#: --no-pipeline: the detector runs one frame ahead on the other core, app/pipeline/executor.py).
+SOURCE_DEFAULTS: dict[str, Any] = {"loop": False, "read_ahead": 4, "pipelined": True}
 
 
 def pipeline_kwargs(model: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -61,16 +64,23 @@ class RunRows:
     model: str | None
     read_ahead: int
     bad_frames: int = 0
+    #: the detector works on the next frame while this one's faces are analysed (same rows)
+    pipelined: bool = True
+    #: frames analysed and the wall time they took (from the first frame asked for to the last
+    #: one's rows), for `speed()`
+    analysed: int = 0
+    wall_s: float = 0.0
 
     @classmethod
     def open(cls, source: str | int | Path, *, model: str | None = DEFAULT_MODEL,
              store: ModelStore | None = None, loop: bool = False, read_ahead: int = 4,
-             **pipeline_options: Any) -> "RunRows":
+             pipelined: bool = True, **pipeline_options: Any) -> "RunRows":
         from app.pipeline.pipeline import build_pipeline
         from app.session_rows import SessionSchema, expression_classes
         from app.sources import CameraSource, open_source
 
         store = store or ModelStore()
+        model = store.resolve_expression_model(model)
         opened = open_source(str(source), loop=loop)
         try:
             pipeline = build_pipeline(store, **pipeline_kwargs(model, pipeline_options))
@@ -79,7 +89,8 @@ class RunRows:
             opened.close()
             raise
         depth = 0 if isinstance(opened, CameraSource) else read_ahead
-        return cls(source=opened, pipeline=pipeline, schema=schema, model=model, read_ahead=depth)
+        return cls(source=opened, pipeline=pipeline, schema=schema, model=model, read_ahead=depth,
+                   pipelined=pipelined)
 
     @property
     def columns(self) -> list[str]:
@@ -90,21 +101,46 @@ class RunRows:
                ) -> Iterator[list[dict[str, Any]]]:
         """The rows of each analysed frame, frame by frame (one per face, or one `faces = 0`
         row), exactly as `occlufer run` writes them; a bad frame is skipped and counted."""
+        from app.pipeline.executor import prepared_frames
         from app.pipeline.smoothing import ExpressionSmoother
         from app.sources import read_ahead
 
         smoother = ExpressionSmoother()
-        for frame in read_ahead(self.source, self.read_ahead):
-            if max_frames is not None and frame.index >= max_frames:
-                break
-            try:
-                result = self.pipeline.process(frame)
-            except BadFrameError as exc:
-                self.bad_frames += 1
-                if on_bad_frame is not None:
-                    on_bad_frame(frame.index, exc)
-                continue
-            yield self.schema.rows(smoother.update(result), self.model)
+        start = time.perf_counter()
+        stream = prepared_frames(read_ahead(self.source, self.read_ahead), self.pipeline,
+                                 self.pipelined)
+        try:
+            for item in stream:
+                frame = item.frame
+                if max_frames is not None and frame.index >= max_frames:
+                    break
+                try:
+                    result = self.pipeline.process(frame, item.detection)
+                except BadFrameError as exc:
+                    self.bad_frames += 1
+                    if on_bad_frame is not None:
+                        on_bad_frame(frame.index, exc)
+                    continue
+                rows = self.schema.rows(smoother.update(result), self.model)
+                self.analysed += 1
+                self.wall_s = time.perf_counter() - start
+                yield rows
+        finally:
+            stream.close()  # waits for the frame in flight before the source may close
+
+    def speed(self) -> dict[str, float | None]:
+        """Frames analysed, wall seconds, fps and, for a source with a nominal rate (a video
+        file, the demo), how many times real time the run went ("x real time": 2.0 analyses an
+        hour of video in half an hour). The wall time includes waiting on the source."""
+        from app.sources import CameraSource
+
+        fps = self.analysed / self.wall_s if self.wall_s > 0 else None
+        # a camera delivers in real time by definition: its rate is not a speed of analysis
+        nominal = None if isinstance(self.source, CameraSource) else getattr(self.source, "fps", None)
+        realtime = fps / nominal if fps is not None and nominal else None
+        return {"frames": self.analysed, "wall_s": round(self.wall_s, 3),
+                "fps": round(fps, 2) if fps is not None else None,
+                "source_fps": nominal, "x_real_time": round(realtime, 2) if realtime else None}
 
     def close(self) -> None:
         self.source.close()

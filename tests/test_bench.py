@@ -65,7 +65,8 @@ def test_agreement_is_exact_against_itself_and_measures_a_smaller_detector(retin
 
 
 def test_occlufer_bench_writes_its_json(retinaface_onnx, tmp_path):
-    """The command as a user runs it, with the shipped expression model."""
+    """The command as a user runs it: without --model it classifies with the manifest's
+    default (best shipped) expression model."""
     out = tmp_path / "bench.json"
     env = {"OCCLUFER_HOME": str(retinaface_onnx.parent.parent), "PATH": ""}
     done = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--frames", "5",
@@ -76,7 +77,11 @@ def test_occlufer_bench_writes_its_json(retinaface_onnx, tmp_path):
     report = json.loads(out.read_text())
     assert report["command"].startswith("occlufer bench --frames 5")
     assert report["faces_per_frame"] == 2.0
-    assert report["models"]["resnet18_fast"]["provider"] == "CPU"
+    from app.runtime.store import ModelStore
+
+    default = ModelStore().default_expression_model()
+    assert default is not None
+    assert report["models"][default]["provider"] == "CPU"
     assert len(report["models"]["retinaface_mnet025"]["sha256"]) == 64
     assert "expression" in report["stage_ms"]
     assert "fps" in done.stdout and np.isfinite(report["fps"])

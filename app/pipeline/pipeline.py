@@ -27,7 +27,7 @@ from app.pipeline.landmarks_student import MODEL_NAME as STUDENT_MODEL
 from app.pipeline.landmarks_student import StudentLandmarker
 from app.pipeline.occlusion_map import MODEL_NAME as OCCLUSION_MODEL
 from app.pipeline.occlusion_map import BiSeNetParser, OcclusionParsingModel
-from app.pipeline.records import AlignedFace, Face, FaceAnalysis, Frame, FrameResult
+from app.pipeline.records import AlignedFace, Detection, Face, FaceAnalysis, Frame, FrameResult
 from app.pipeline.regions import update_visibility
 from app.pipeline.tracker import IouTracker
 from app.runtime.providers import Device, create_session, session_provider
@@ -63,17 +63,29 @@ class FacePipeline:
         self.tracker.reset()
         self._previous, self._followed = [], 0
 
-    def process(self, frame: Frame) -> FrameResult:
-        """Run every stage on one frame; a bad frame raises BadFrameError and changes nothing."""
+    def process(self, frame: Frame, detection: Detection | None = None) -> FrameResult:
+        """Run every stage on one frame; a bad frame raises BadFrameError and changes nothing.
+
+        `detection`: this frame's detector output computed ahead (app/pipeline/executor.py).
+        It is used only where the sequential path would run the detector, and only when it
+        came from this pipeline's detector, so the result is the sequential one either way;
+        "frame" latency then counts from the moment the detector started on the frame."""
         latency: dict[str, float] = {}
         t0 = time.perf_counter()
         followed = self._follow(frame.image) if self._follow_due() else None
         t1 = time.perf_counter()
         follow_ms = (t1 - t0) * 1e3  # FaceMesh on the previous boxes, kept or not
         if followed is None:
-            faces = self.detector(frame.image)[: self.max_faces]
+            if detection is not None and detection.detector is self.detector:
+                if detection.error is not None:
+                    raise detection.error
+                faces = list(detection.faces or [])[: self.max_faces]
+                latency["detect"] = detection.ms
+                t0 = min(t0, detection.started)
+            else:
+                faces = self.detector(frame.image)[: self.max_faces]
+                latency["detect"] = (time.perf_counter() - t1) * 1e3
             marks = None
-            latency["detect"] = (time.perf_counter() - t1) * 1e3
         else:
             faces, marks = followed
         t1 = time.perf_counter()
@@ -115,6 +127,27 @@ class FacePipeline:
         self._followed = 0 if followed is None else self._followed + 1
         self._previous = analyses if all(a.landmarks468 is not None for a in analyses) else []
         return FrameResult(frame=frame, faces=analyses, latency_ms=latency)
+
+    def detects_now(self) -> bool:
+        """Whether the next frame processed goes to the detector unless a follow fails (a
+        forecast for the executor, as `detects_after`)."""
+        return not self._follow_due()
+
+    def detects_after(self, detection: Detection | None) -> bool:
+        """Whether the frame after the one about to be processed will most likely go to the
+        detector, from the state now and (when it ran ahead) this frame's detection.
+
+        The pipelined executor asks this to decide whether to detect the next frame ahead. It
+        is a forecast, never a decision: a frame forecast to be followed whose follow fails
+        (a face lost) is detected on the spot, and a detection made ahead that turns out not
+        to be needed is dropped, so a wrong forecast costs time and never changes a result."""
+        if self.detect_every <= 1 or self.landmarker is None:
+            return True
+        if self._follow_due():  # this frame follows; assume it succeeds
+            return self._followed + 2 >= self.detect_every
+        # this frame is detected: the next follows when it has faces (all get FaceMesh points)
+        faces_now = detection.faces if detection is not None and detection.error is None else None
+        return faces_now is not None and not faces_now
 
     def _follow_due(self) -> bool:
         return (self.detect_every > 1 and self.landmarker is not None and bool(self._previous)

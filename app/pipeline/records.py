@@ -125,3 +125,20 @@ class FrameResult:
     frame: Frame
     faces: list[FaceAnalysis]
     latency_ms: dict[str, float] = field(default_factory=dict)  # per stage, whole frame
+
+
+@dataclass
+class Detection:
+    """The detector's answer for one frame, computed before the frame's other stages (by the
+    pipelined executor, on another core, while the previous frame's faces are analysed).
+
+    `detector` names the detector that ran, so a pipeline whose detector was swapped meanwhile
+    (a device switch) ignores the answer and detects again rather than mixing two models.
+    `error` is what the detector raised (a bad frame): it is raised when, and only when, the
+    frame really goes to the detector, exactly as the sequential path raises it."""
+
+    faces: list[Face] | None
+    error: BaseException | None
+    detector: object
+    started: float  # time.perf_counter() when the detector began on this frame
+    ms: float  # the detector's own time

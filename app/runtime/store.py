@@ -99,6 +99,20 @@ class ModelStore:
                 raise OccluferError(f"Model manifest not found: {self.manifest_path}") from exc
         return self._manifest["models"]
 
+    def default_expression_model(self) -> str | None:
+        """The manifest's `default_expression`: the best shipped expression model, which every
+        command uses unless told otherwise (None when the manifest names none)."""
+        self.models  # loads the manifest
+        name = (self._manifest or {}).get("default_expression")
+        return name if name in self.models else None
+
+    def resolve_expression_model(self, model: str | None) -> str | None:
+        """What a `--model` value means: "default" = `default_expression_model()`, "none" or
+        "" = no expression stage, anything else = that model."""
+        if model is None or model.lower() in ("none", ""):
+            return None
+        return self.default_expression_model() if model == "default" else model
+
     def names(self, task: str | None = None) -> list[str]:
         return [n for n, e in self.models.items() if task is None or e.get("task") == task]
 

@@ -7,6 +7,13 @@ races a frame in flight and the UI thread never waits for a model to load.
 
 Results go to the UI through a one-update mailbox: if the UI is still drawing the previous
 update, the newer one replaces it, so a slow screen never builds a backlog.
+
+Frames go through the pipelined executor of `occlufer run` (app/pipeline/executor.py): a
+worker takes the newest frame from the slot the moment one arrives and runs the detector on it
+while this thread analyses the faces of the frame before, on the other core. It holds one frame
+at most, so the newest-frame-only policy stays: a frame is at most one analysis old when its
+turn comes, and the slot goes on replacing (and counting) the frames nobody took.
+`pipeline_options={"pipelined": False}` analyses one stage after another instead.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from PySide6.QtCore import QThread, Signal
 
 from app.errors import BadFrameError, OccluferError, RecordingError
 from app.overlays import overlays_present
+from app.pipeline.executor import END, DetectAhead
 from app.pipeline.expression import ExpressionClassifier
 from app.pipeline.pipeline import FacePipeline, build_pipeline
-from app.pipeline.records import Frame, FrameResult
+from app.pipeline.records import Detection, Frame, FrameResult
 from app.pipeline.smoothing import DEFAULT_STRENGTH, ExpressionSmoother
 from app.runtime.providers import Device, create_session, cuda_status
 from app.runtime.store import ModelStore
@@ -94,6 +102,9 @@ class InferenceThread(QThread):
         self.detector_model = detector_model
         #: further `build_pipeline` arguments (max_side, detect_every), kept across rebuilds
         self.pipeline_options = dict(pipeline_options or {})
+        #: the detector one frame ahead on another core (not a `build_pipeline` argument)
+        self.pipelined = bool(self.pipeline_options.pop("pipelined", True))
+        self._ahead: DetectAhead | None = None
         self.wanted_expression = expression_model
         self.pipeline: FacePipeline | None = None
         self.expression_name: str | None = None
@@ -156,16 +167,30 @@ class InferenceThread(QThread):
         if cuda_status().usable is None and self.pipeline is not None:
             self.cuda_probe = threading.Thread(target=self._probe_cuda, name="cuda-probe", daemon=True)
             self.cuda_probe.start()
+        if self.pipelined:
+            self._ahead = DetectAhead(lambda: self.slot.take(timeout=0.05))
         try:
             while not self._stopping.is_set():
                 self._run_commands()
                 self._check_model_files()
-                frame = self.slot.take(timeout=0.05)
+                frame, detection = self._next_frame()
                 if frame is not None:
-                    self._analyse(frame)
+                    self._analyse(frame, detection)
         finally:
+            if self._ahead is not None:
+                self._ahead.close()
             self._run_commands()  # a stop-recording asked for just before closing still happens
             self._stop_recording("the app closed")
+
+    def _next_frame(self) -> tuple[Frame | None, Detection | None]:
+        """The newest frame (None after 50 ms without one) and, pipelined, its detection;
+        the worker then waits for the frame after it and detects it meanwhile."""
+        if self._ahead is None:
+            return self.slot.take(timeout=0.05), None
+        item = self._ahead.take(self.pipeline)
+        if item is END:  # the slot never ends; kept for the type
+            return None, None
+        return item.frame, item.detection
 
     def _run_commands(self) -> None:
         while True:
@@ -178,12 +203,12 @@ class InferenceThread(QThread):
             except Exception as exc:  # a command must never end the thread
                 self._say(Notice("internal", f"Unexpected error: {exc}", "error"))
 
-    def _analyse(self, frame: Frame) -> None:
+    def _analyse(self, frame: Frame, detection: Detection | None = None) -> None:
         try:
             if self.pipeline is None:
                 result = FrameResult(frame=frame, faces=[], latency_ms={})
             else:
-                result = self.pipeline.process(frame)
+                result = self.pipeline.process(frame, detection)
         except BadFrameError as exc:
             self._bad_frames += 1
             self._say(Notice("corrupt", f"Frame {frame.index} skipped ({self._bad_frames} so far): {exc}",
@@ -355,6 +380,8 @@ class InferenceThread(QThread):
 
     # ---------------------------------------------------------------- source and recording
     def _new_source(self, info: dict[str, Any]) -> None:
+        if self._ahead is not None:  # the frame in flight belongs to the old source
+            self._ahead.discard()
         if self.pipeline is not None:
             self.pipeline.reset()
         self.smoother.reset()

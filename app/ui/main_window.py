@@ -82,7 +82,7 @@ class MainWindow(QMainWindow):
         self.cameras = list_cameras()
 
         expression_models = self.store.names(task="expression")
-        initial_model = model or self.settings.model
+        initial_model = model or self.settings.model or self.store.default_expression_model()
         if initial_model not in expression_models:
             installed = [n for n in expression_models if self.store.location(n).is_file()]
             initial_model = (installed or expression_models or [None])[0]
