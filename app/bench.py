@@ -159,16 +159,17 @@ def load_frames(source: str, count: int, faces: int = 1) -> list:
 def bench_pipeline(pipeline, frames: Sequence, runs: int, warmup: int = 10,
                    rss_every: int = 0, pipelined: bool = True) -> dict:
     """Run `pipeline.process` over `frames` (cycled) `runs` times after `warmup` frames,
-    through the executor `occlufer run` and the app use (`pipelined`: the detector one frame
-    ahead on another core; False: the stages one after another), so the bench times what
-    users run.
+    through the executor `occlufer run` uses (app/pipeline/executor.py `results`;
+    `pipelined`: the detector a frame ahead and each frame's last stages while the next one
+    starts; False: the stages one after another), so the bench times what users run.
 
     Returns end-to-end fps (frames / wall time of the timed loop), frame-latency percentiles
-    (pipelined: from the moment the detector started on the frame to its last stage),
+    (pipelined: from the moment the detector started on the frame to its last stage), the
+    interval between consecutive results (pipelined, shorter than a frame's latency),
     per-stage percentiles (whatever stages the pipeline reports), faces per frame and, when
     `rss_every` > 0, the process RSS every that many frames (the soak curve)."""
     from app.errors import BadFrameError
-    from app.pipeline.executor import prepared_frames
+    from app.pipeline.executor import results
 
     for i in range(warmup):
         pipeline.process(frames[i % len(frames)])
@@ -178,11 +179,11 @@ def bench_pipeline(pipeline, frames: Sequence, runs: int, warmup: int = 10,
     rss: list[tuple[int, float, float]] = []
     bad = 0
     start = time.perf_counter()
-    stream = prepared_frames((frames[i % len(frames)] for i in range(runs)), pipeline, pipelined)
-    for i, item in enumerate(stream):
-        try:
-            result = pipeline.process(item.frame, item.detection)
-        except BadFrameError:
+    stream = results((frames[i % len(frames)] for i in range(runs)), pipeline, pipelined)
+    delivered: list[float] = []  # when each result came out: the gaps are what a view shows
+    for i, (_, result) in enumerate(stream):
+        delivered.append(time.perf_counter())
+        if isinstance(result, BadFrameError):
             bad += 1
             continue
         frame_ms.append(result.latency_ms["frame"])
@@ -197,6 +198,7 @@ def bench_pipeline(pipeline, frames: Sequence, runs: int, warmup: int = 10,
         "pipelined": pipelined, "frames": runs, "bad_frames": bad, "wall_s": round(wall, 3),
         "fps": round(len(frame_ms) / wall, 2) if wall > 0 else None,
         "frame_ms": _percentiles(frame_ms),
+        "interval_ms": _percentiles(np.diff(delivered) * 1e3 if len(delivered) > 1 else []),
         "stage_ms": {name: _percentiles(v) for name, v in stages.items()},
         "faces_per_frame": round(float(np.mean(faces)), 3) if faces else 0.0,
         "rss_mb_end": round(rss_mb(), 2),
@@ -264,7 +266,7 @@ def bench_command(args) -> int:
     pipeline = build_pipeline(store, device=args.device, threads=args.threads,
                               detector_model=args.detector, score_threshold=args.score,
                               expression_model=args.model, max_side=args.detect_side,
-                              detect_every=args.detect_every)
+                              detect_every=args.detect_every, landmark_model=args.landmarks)
     report = bench_pipeline(pipeline, frames, args.frames, warmup=args.warmup,
                             rss_every=args.rss_every, pipelined=args.pipelined)
     if args.agreement:
@@ -286,7 +288,9 @@ def bench_command(args) -> int:
         Path(args.json).write_text(text + "\n")
     stages = " ".join(f"{k} {v['p50']:.2f}" for k, v in report["stage_ms"].items())
     print(f"{report['fps']} fps | frame p50 {report['frame_ms']['p50']:.2f} p95 "
-          f"{report['frame_ms']['p95']:.2f} p99 {report['frame_ms']['p99']:.2f} ms | "
+          f"{report['frame_ms']['p95']:.2f} p99 {report['frame_ms']['p99']:.2f} ms | interval "
+          f"p50 {report['interval_ms'].get('p50', 0):.2f} p95 "
+          f"{report['interval_ms'].get('p95', 0):.2f} ms | "
           f"stage p50 ms: {stages} | faces/frame {report['faces_per_frame']} | "
           f"{'pipelined' if report['pipelined'] else 'sequential'} | "
           "providers " + ", ".join(f"{k}={v['provider']}" for k, v in models.items()))

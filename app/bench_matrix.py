@@ -2,7 +2,8 @@
 
 Why a script: the speed tables in BENCHMARKS.md must come from an idle machine, which the
 machine that writes the code seldom is; the rows (sequential vs pipelined, 1/4/8 faces, the
-exact setting and face following, `occlufer run` on a 640x480 file as "x real time") are
+exact setting and face following, FaceMesh on LiteRT, `occlufer run` on a 640x480 file as
+"x real time") are
 listed here once, so whoever has a quiet machine reruns exactly these and pastes the table.
 Each row is the real command (`occlufer bench` / `occlufer run` in a child process), its JSON
 or stderr kept under DIR; `--dry-run` only prints the commands.
@@ -34,6 +35,20 @@ def bench_rows(frames: int, threads: str, agreement: int) -> list[tuple[str, lis
                 rows.append((f"bench faces={faces} {setting} {mode} threads={threads}",
                              ["bench", "--faces", str(faces), "--frames", str(frames),
                               "--device", "cpu", "--threads", threads, flag, *flags, *extra]))
+    # FaceMesh on LiteRT (the same network, ~2x cheaper on CPUs), against the exact reference
+    for faces in FACES:
+        for setting, flags in SETTINGS.items():
+            rows.append((f"bench faces={faces} {setting} pipelined litert threads={threads}",
+                         ["bench", "--faces", str(faces), "--frames", str(frames), "--device",
+                          "cpu", "--threads", threads, "--pipeline", "--landmarks",
+                          "facemesh_468_tflite", *flags, "--agreement", str(agreement)]))
+    # whether the pipelined executor wants one intra-op thread per session (three stages at
+    # once on two cores) or onnxruntime's default (the shipped default of `occlufer run`)
+    for faces in (1, 4):
+        for mode, flag in MODES.items():
+            rows.append((f"bench faces={faces} exact {mode} threads=ort-default",
+                         ["bench", "--faces", str(faces), "--frames", str(frames), "--device",
+                          "cpu", flag]))
     return rows
 
 
@@ -67,10 +82,11 @@ def _summary(label: str, argv: list[str], json_path: Path | None, stderr: str) -
         stages = " / ".join(f"{k} {v['p50']:.1f}" for k, v in r["stage_ms"].items()
                             if k in ("detect", "landmarks", "occlusion", "expression"))
         agree = r.get("agreement", {}).get("label_agreement")
+        interval = r.get("interval_ms", {}).get("p95")
         return (f"| {label} | {r['fps']} | {r['frame_ms']['p50']:.1f} / {r['frame_ms']['p95']:.1f}"
-                f" | {stages} | {agree if agree is not None else ''} | `{command}` |")
+                f" | {interval} | {stages} | {agree if agree is not None else ''} | `{command}` |")
     speed = re.search(r"analysed .*", stderr)
-    return f"| {label} | {speed.group(0) if speed else 'failed'} | | | | `{command}` |"
+    return f"| {label} | {speed.group(0) if speed else 'failed'} | | | | | `{command}` |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not clip.is_file():
         write_clip(clip, args.clip_frames)
-    print("| row | fps (run: speed) | frame p50 / p95 ms | stage p50 ms | same label | command |")
-    print("|---|---|---|---|---|---|")
+    # the LiteRT rows need the tflite in the store (read out of the FaceMesh wheel)
+    subprocess.run([sys.executable, "-m", "app.cli", "models", "fetch", "facemesh_468_tflite"],
+                   check=True)
+    print("| row | fps (run: speed) | frame latency p50 / p95 ms | result interval p95 ms | "
+          "stage p50 ms | same label | command |")
+    print("|---|---|---|---|---|---|---|")
     for i, (label, row) in enumerate(rows):
         json_path = out / f"bench-{i:02d}.json" if row[0] == "bench" else None
         full = row + (["--json", str(json_path)] if json_path else [])

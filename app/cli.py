@@ -146,6 +146,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                    threads=args.threads, detector=args.detector, store=_store(args),
                    pipeline_options={"max_side": args.detect_side,
                                      "detect_every": args.detect_every,
+                                     "landmark_model": args.landmarks,
                                      "pipelined": args.pipelined})
 
 
@@ -210,6 +211,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "in between (re-detects at once when a face is lost; 1 = every frame)")
     p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
                                    "or ~/.cache/occlufer/models)")
+    p.add_argument("--landmarks", default="facemesh_468",
+                   help="FaceMesh model: facemesh_468 (ONNX on onnxruntime) or "
+                        "facemesh_468_tflite (the same network on LiteRT, CPU only, ~2x faster)")
     p.add_argument("--pipeline", dest="pipelined", action=argparse.BooleanOptionalAction,
                    default=True, help="run the face detector on the next frame while this "
                    "frame's faces are analysed, on another core (same rows; --no-pipeline: "

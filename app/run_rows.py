@@ -9,6 +9,7 @@ CLI and the API side by side to hold them equal.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,10 @@ from app.errors import BadFrameError
 from app.runtime.store import ModelStore
 
 #: Pipeline options a run takes, named and defaulted as `occlufer run`'s flags are
-#: (--device, --threads, --score, --detector, --detect-side, --detect-every).
+#: (--device, --threads, --score, --detector, --detect-side, --detect-every, --landmarks).
 PIPELINE_DEFAULTS: dict[str, Any] = {"device": "auto", "threads": None, "score": 0.5,
                                      "detector": "retinaface_mnet025", "detect_side": 640,
-                                     "detect_every": 1}
+                                     "detect_every": 1, "landmarks": "facemesh_468"}
 #: The expression model of a run that names none (`occlufer run` without --model, and
 #: `app.api.analyze(model=None)`): one default for both, the manifest's best model
 #: (`ModelStore.default_expression_model`); "none" runs no expression stage.
@@ -43,7 +44,7 @@ def pipeline_kwargs(model: str | None, options: dict[str, Any]) -> dict[str, Any
     return {"device": merged["device"], "threads": merged["threads"],
             "score_threshold": merged["score"], "detector_model": merged["detector"],
             "expression_model": model, "max_side": merged["detect_side"],
-            "detect_every": merged["detect_every"]}
+            "detect_every": merged["detect_every"], "landmark_model": merged["landmarks"]}
 
 
 def _say_bad_frame(index: int, exc: BadFrameError) -> None:
@@ -101,32 +102,31 @@ class RunRows:
                ) -> Iterator[list[dict[str, Any]]]:
         """The rows of each analysed frame, frame by frame (one per face, or one `faces = 0`
         row), exactly as `occlufer run` writes them; a bad frame is skipped and counted."""
-        from app.pipeline.executor import prepared_frames
+        from app.pipeline.executor import results
         from app.pipeline.smoothing import ExpressionSmoother
         from app.sources import read_ahead
 
         smoother = ExpressionSmoother()
         start = time.perf_counter()
-        stream = prepared_frames(read_ahead(self.source, self.read_ahead), self.pipeline,
-                                 self.pipelined)
+        reader = read_ahead(self.source, self.read_ahead)
+        frames: Iterator = reader
+        if max_frames is not None:  # stop feeding the executor, not just reading its output
+            frames = itertools.takewhile(lambda f: f.index < max_frames, reader)
+        stream = results(frames, self.pipeline, self.pipelined)
         try:
-            for item in stream:
-                frame = item.frame
-                if max_frames is not None and frame.index >= max_frames:
-                    break
-                try:
-                    result = self.pipeline.process(frame, item.detection)
-                except BadFrameError as exc:
+            for frame, result in stream:
+                if isinstance(result, BadFrameError):
                     self.bad_frames += 1
                     if on_bad_frame is not None:
-                        on_bad_frame(frame.index, exc)
+                        on_bad_frame(frame.index, result)
                     continue
                 rows = self.schema.rows(smoother.update(result), self.model)
                 self.analysed += 1
                 self.wall_s = time.perf_counter() - start
                 yield rows
         finally:
-            stream.close()  # waits for the frame in flight before the source may close
+            stream.close()  # waits for the frames in flight before the source may close
+            reader.close()  # and stops the reader thread
 
     def speed(self) -> dict[str, float | None]:
         """Frames analysed, wall seconds, fps and, for a source with a nominal rate (a video

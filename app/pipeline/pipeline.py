@@ -37,6 +37,17 @@ STAGES = ("detect", "track", "align", "landmarks", "occlusion", "expression")
 
 
 @dataclass
+class Started:
+    """A frame after `FacePipeline.start`: its faces tracked, aligned and with FaceMesh points,
+    waiting for `finish`. `t0`: when its first stage began (time.perf_counter())."""
+
+    frame: Frame
+    faces: list[FaceAnalysis]
+    latency_ms: dict[str, float]
+    t0: float
+
+
+@dataclass
 class FacePipeline:
     detector: Callable[[np.ndarray], list[Face]]
     tracker: IouTracker = field(default_factory=IouTracker)
@@ -70,6 +81,16 @@ class FacePipeline:
         It is used only where the sequential path would run the detector, and only when it
         came from this pipeline's detector, so the result is the sequential one either way;
         "frame" latency then counts from the moment the detector started on the frame."""
+        return self.finish(self.start(frame, detection))
+
+    def start(self, frame: Frame, detection: Detection | None = None) -> "Started":
+        """The stages the next frame depends on: follow or detect, track, align, FaceMesh.
+
+        Why the split: everything that carries state from frame to frame (the tracker, the
+        followed faces and their FaceMesh points) happens here, in frame order; `finish` (the
+        landmark student, occlusion, parsing, expression) reads only its own frame, so the
+        executor may finish frame t on one core while it starts frame t+1 on the other and
+        the results stay those of `process`."""
         latency: dict[str, float] = {}
         t0 = time.perf_counter()
         followed = self._follow(frame.image) if self._follow_due() else None
@@ -98,16 +119,26 @@ class FacePipeline:
             analyses.append(FaceAnalysis(face=face, aligned=aligned))
         t3 = time.perf_counter()
         latency["align"] = (t3 - t2) * 1e3
-        landmarker, student = self.landmarker, self.student
-        if landmarker is not None or student is not None:
+        landmarker = self.landmarker
+        if landmarker is not None or self.student is not None:
             if marks is not None:  # the follow step already ran FaceMesh on this frame
                 fill_landmarks(analyses, marks)
             elif landmarker is not None and analyses:
                 landmarker.annotate(frame.image, analyses)
-            if student is not None and analyses:
-                student.annotate(frame.image, analyses)
+            latency["landmarks"] = (time.perf_counter() - t3) * 1e3 + follow_ms
+        self._followed = 0 if followed is None else self._followed + 1
+        self._previous = analyses if all(a.landmarks468 is not None for a in analyses) else []
+        return Started(frame=frame, faces=analyses, latency_ms=latency, t0=t0)
+
+    def finish(self, started: "Started") -> FrameResult:
+        """The stages that read only this frame (see `start`), then the frame's result."""
+        frame, analyses, latency = started.frame, started.faces, started.latency_ms
+        t3 = time.perf_counter()
+        student = self.student
+        if student is not None and analyses:
+            student.annotate(frame.image, analyses)
             t3b = time.perf_counter()
-            latency["landmarks"] = (t3b - t3) * 1e3 + follow_ms
+            latency["landmarks"] = latency.get("landmarks", 0.0) + (t3b - t3) * 1e3
             t3 = t3b
         occlusion, parser = self.occlusion, self.parser
         if occlusion is not None or parser is not None:  # timed together as "occlusion"
@@ -123,9 +154,7 @@ class FacePipeline:
         t4 = time.perf_counter()
         latency["expression"] = (t4 - t3) * 1e3
         update_visibility(analyses)  # last: regions x occlusion map, whichever stage made them
-        latency["frame"] = (time.perf_counter() - t0) * 1e3
-        self._followed = 0 if followed is None else self._followed + 1
-        self._previous = analyses if all(a.landmarks468 is not None for a in analyses) else []
+        latency["frame"] = (time.perf_counter() - started.t0) * 1e3
         return FrameResult(frame=frame, faces=analyses, latency_ms=latency)
 
     def detects_now(self) -> bool:
@@ -197,8 +226,15 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
     if expression_model:
         pipeline.classifier = ExpressionClassifier.from_store(expression_model, store, device, threads)
         pipeline.providers[expression_model] = pipeline.classifier.provider
-    if landmark_model:
-        _attach_landmarks(pipeline, store, landmark_model, device, threads)
+    if landmark_model:  # FaceMesh on onnxruntime, or the same network on LiteRT (CPU)
+        litert = landmark_model in store.models and \
+            store.entry(landmark_model).get("runtime") == "litert"
+        if litert:
+            from app.pipeline.landmarks_litert import LiteRTFaceMeshLandmarker
+
+        _attach_landmarks(pipeline, store, landmark_model, device, threads,
+                          loader=LiteRTFaceMeshLandmarker.from_store if litert
+                          else FaceMeshLandmarker.from_store)
     if student_model:  # optional in the same way
         _attach_landmarks(pipeline, store, student_model, device, threads,
                           attribute="student", loader=StudentLandmarker.from_store)

@@ -8,12 +8,14 @@ races a frame in flight and the UI thread never waits for a model to load.
 Results go to the UI through a one-update mailbox: if the UI is still drawing the previous
 update, the newer one replaces it, so a slow screen never builds a backlog.
 
-Frames go through the pipelined executor of `occlufer run` (app/pipeline/executor.py): a
-worker takes the newest frame from the slot the moment one arrives and runs the detector on it
-while this thread analyses the faces of the frame before, on the other core. It holds one frame
-at most, so the newest-frame-only policy stays: a frame is at most one analysis old when its
-turn comes, and the slot goes on replacing (and counting) the frames nobody took.
-`pipeline_options={"pipelined": False}` analyses one stage after another instead.
+Frames go through the live form of `occlufer run`'s pipelined executor
+(app/pipeline/live_executor.py): a worker takes the newest frame from the slot the moment one
+arrives and runs the detector on it, this thread runs the stages the next frame depends on
+(tracking, following, FaceMesh), and a finisher thread the last stages of the frame before
+(student, occlusion, expression), each result handed on the moment it is finished. One frame
+is held ahead at most, so the newest-frame-only policy stays: the slot goes on replacing (and
+counting) the frames nobody took. `pipeline_options={"pipelined": False}` analyses one stage
+after another instead.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from PySide6.QtCore import QThread, Signal
 
 from app.errors import BadFrameError, OccluferError, RecordingError
 from app.overlays import overlays_present
-from app.pipeline.executor import END, DetectAhead
+from app.pipeline.live_executor import LiveExecutor, Outcome
 from app.pipeline.expression import ExpressionClassifier
 from app.pipeline.pipeline import FacePipeline, build_pipeline
-from app.pipeline.records import Detection, Frame, FrameResult
+from app.pipeline.records import FrameResult
 from app.pipeline.smoothing import DEFAULT_STRENGTH, ExpressionSmoother
 from app.runtime.providers import Device, create_session, cuda_status
 from app.runtime.store import ModelStore
@@ -102,9 +104,9 @@ class InferenceThread(QThread):
         self.detector_model = detector_model
         #: further `build_pipeline` arguments (max_side, detect_every), kept across rebuilds
         self.pipeline_options = dict(pipeline_options or {})
-        #: the detector one frame ahead on another core (not a `build_pipeline` argument)
+        #: the pipelined executor (live_executor.py), not a `build_pipeline` argument
         self.pipelined = bool(self.pipeline_options.pop("pipelined", True))
-        self._ahead: DetectAhead | None = None
+        self._executor: LiveExecutor | None = None
         self.wanted_expression = expression_model
         self.pipeline: FacePipeline | None = None
         self.expression_name: str | None = None
@@ -167,56 +169,50 @@ class InferenceThread(QThread):
         if cuda_status().usable is None and self.pipeline is not None:
             self.cuda_probe = threading.Thread(target=self._probe_cuda, name="cuda-probe", daemon=True)
             self.cuda_probe.start()
-        if self.pipelined:
-            self._ahead = DetectAhead(lambda: self.slot.take(timeout=0.05))
+        self._executor = executor = LiveExecutor(lambda timeout: self.slot.take(timeout=timeout),
+                                                 self.pipelined)
         try:
             while not self._stopping.is_set():
                 self._run_commands()
                 self._check_model_files()
-                frame, detection = self._next_frame()
-                if frame is not None:
-                    self._analyse(frame, detection)
+                for outcome in executor.step(self.pipeline):
+                    self._publish(outcome)
         finally:
-            if self._ahead is not None:
-                self._ahead.close()
+            for outcome in executor.close():
+                self._publish(outcome)
             self._run_commands()  # a stop-recording asked for just before closing still happens
             self._stop_recording("the app closed")
 
-    def _next_frame(self) -> tuple[Frame | None, Detection | None]:
-        """The newest frame (None after 50 ms without one) and, pipelined, its detection;
-        the worker then waits for the frame after it and detects it meanwhile."""
-        if self._ahead is None:
-            return self.slot.take(timeout=0.05), None
-        item = self._ahead.take(self.pipeline)
-        if item is END:  # the slot never ends; kept for the type
-            return None, None
-        return item.frame, item.detection
+    def _drain(self) -> None:
+        """Hand on the frame still finishing, before the models or the source change."""
+        if self._executor is not None:
+            for outcome in self._executor.drain():
+                self._publish(outcome)
 
     def _run_commands(self) -> None:
+        """Run the queued requests between two frames: the frame still finishing is handed
+        on first, so it belongs to the models, source and recording it was taken under."""
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
+            self._drain()
             try:
                 command()
             except Exception as exc:  # a command must never end the thread
                 self._say(Notice("internal", f"Unexpected error: {exc}", "error"))
 
-    def _analyse(self, frame: Frame, detection: Detection | None = None) -> None:
-        try:
-            if self.pipeline is None:
-                result = FrameResult(frame=frame, faces=[], latency_ms={})
-            else:
-                result = self.pipeline.process(frame, detection)
-        except BadFrameError as exc:
+    def _publish(self, outcome: Outcome) -> None:
+        frame, result = outcome
+        if isinstance(result, BadFrameError):
             self._bad_frames += 1
-            self._say(Notice("corrupt", f"Frame {frame.index} skipped ({self._bad_frames} so far): {exc}",
-                             "warning"))
+            self._say(Notice("corrupt", f"Frame {frame.index} skipped ({self._bad_frames} so far): "
+                                        f"{result}", "warning"))
             return
-        except Exception as exc:  # an onnxruntime failure mid-run: say it, keep the app alive
+        if isinstance(result, Exception):  # an onnxruntime failure mid-run: say it, keep the app alive
             self._say(Notice("inference", f"Analysis of frame {frame.index} failed: "
-                                          f"{str(exc).splitlines()[0][:300]}", "error"))
+                                          f"{str(result).splitlines()[0][:300]}", "error"))
             return
         self.frames_analysed += 1
         self.smoother.update(result)
@@ -380,8 +376,8 @@ class InferenceThread(QThread):
 
     # ---------------------------------------------------------------- source and recording
     def _new_source(self, info: dict[str, Any]) -> None:
-        if self._ahead is not None:  # the frame in flight belongs to the old source
-            self._ahead.discard()
+        if self._executor is not None:  # the frame pulled ahead belongs to the old source
+            self._executor.discard()
         if self.pipeline is not None:
             self.pipeline.reset()
         self.smoother.reset()
