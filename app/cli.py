@@ -297,7 +297,8 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("occlude", help="write the fixed occluded FERPlus test sets")
+    p = sub.add_parser("occlude", help="write the fixed occluded and camera-degraded FERPlus "
+                                       "test sets")
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--kinds", nargs="*")

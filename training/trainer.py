@@ -135,49 +135,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def prefetched(batches, depth: int = 2):
-    """Yield the items of `batches` (an iterable that augments on demand) while a background
-    thread prepares the next `depth`: with augmentation in the training process, OpenCV and
-    numpy release the GIL, so the next batch is painted while torch runs this one. An error in
-    the thread is raised here, in order."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-            return
-        q.put(done)
-
-    thread = threading.Thread(target=produce, name="augment-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def default_workers() -> int:
     """Augmentation processes: none on a 2-core machine (measured: a worker only competes
     with torch's two threads there, 113 vs 118 img/s), else most of the spare cores."""
@@ -485,7 +442,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
           occlusion_dir: Path | None = None, build_occluded: bool = False,
           command: str | None = None, progress: bool = True, teacher=None,
           precision: str = "auto", channels_last: bool | None = None,
-          occluder_bank: int | None = None, prefetch: bool = True,
+          occluder_bank: int | None = None,
           teachers: Sequence[str] | None = None, distill_weight: float | None = None) -> Path:
     """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
     `finalize` is off or `stop_after` ended the run early).
@@ -619,8 +576,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
             generator=torch.Generator().manual_seed(seed), pin_memory=torch_device.type == "cuda")
         model.train()
         seen, correct, loss_sum, epoch_start = 0, 0, 0.0, time.perf_counter()
-        bar = tqdm(prefetched(loader) if n_workers == 0 and prefetch else loader,
-                   total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
+        bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{recipe_obj.epochs}",
                    unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.5 if interactive else 30.0)
         for batch_index, (x, target, *extras) in enumerate(bar):
