@@ -268,7 +268,7 @@ def bench_command(args) -> int:
                               expression_model=args.model, max_side=args.detect_side,
                               detect_every=args.detect_every, landmark_model=args.landmarks)
     report = bench_pipeline(pipeline, frames, args.frames, warmup=args.warmup,
-                            rss_every=args.rss_every, pipelined=args.pipelined is not False)
+                            rss_every=args.rss_every, pipelined=args.pipelined)
     if args.agreement:
         reference = build_pipeline(store, device=args.device, threads=args.threads,
                                    detector_model=args.detector, score_threshold=args.score,

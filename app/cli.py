@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the one row-producing path, shared with app.api.analyze; the source is opened (and
     # fails) before any file is created
     with RunRows.open(args.source, model=args.model, store=_store(args), loop=args.loop,
-                      read_ahead=args.read_ahead, pipelined=args.pipelined is not False,
+                      read_ahead=args.read_ahead, pipelined=args.pipelined,
                       **_pipeline_options(args)) as run:
         print(f"providers: {run.pipeline.providers}", file=sys.stderr)
         with CsvRecorder(Path(args.out), run.columns) as recorder:
@@ -147,7 +147,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                    pipeline_options={"max_side": args.detect_side,
                                      "detect_every": args.detect_every,
                                      "landmark_model": args.landmarks,
-                                     "pipelined": bool(args.pipelined)})
+                                     "pipelined": args.pipelined})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -215,10 +215,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="FaceMesh model: facemesh_468 (ONNX on onnxruntime) or "
                         "facemesh_468_tflite (the same network on LiteRT, CPU only, ~2x faster)")
     p.add_argument("--pipeline", dest="pipelined", action=argparse.BooleanOptionalAction,
-                   default=None, help="run the face detector on the next frame while this "
+                   default=True, help="run the face detector on the next frame while this "
                    "frame's faces are analysed, on another core (same rows; --no-pipeline: "
-                   "one stage after another; default: on for run and bench, off in the app, "
-                   "whose replay-after-end path raced under load)")
+                   "one stage after another)")
 
 
 def build_parser(training: bool = False) -> argparse.ArgumentParser:

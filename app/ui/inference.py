@@ -14,8 +14,8 @@ arrives and runs the detector on it, this thread runs the stages the next frame 
 (tracking, following, FaceMesh), and a finisher thread the last stages of the frame before
 (student, occlusion, expression), each result handed on the moment it is finished. One frame
 is held ahead at most, so the newest-frame-only policy stays: the slot goes on replacing (and
-counting) the frames nobody took. It is opt-in in the app (`pipeline_options={"pipelined":
-True}`, `occlufer app --pipeline`): by default the stages run one after another.
+counting) the frames nobody took. `pipeline_options={"pipelined": False}` analyses one stage
+after another instead.
 """
 
 from __future__ import annotations
@@ -105,9 +105,7 @@ class InferenceThread(QThread):
         #: further `build_pipeline` arguments (max_side, detect_every), kept across rebuilds
         self.pipeline_options = dict(pipeline_options or {})
         #: the pipelined executor (live_executor.py), not a `build_pipeline` argument
-        # off by default: replaying a video after it ended lost every result under load
-        # (tests/test_app_bad_input.py in the full suite); the run/bench paths keep it on
-        self.pipelined = bool(self.pipeline_options.pop("pipelined", False))
+        self.pipelined = bool(self.pipeline_options.pop("pipelined", True))
         self._executor: LiveExecutor | None = None
         self.wanted_expression = expression_model
         self.pipeline: FacePipeline | None = None
