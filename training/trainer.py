@@ -321,6 +321,15 @@ def git_commit() -> str:
         return "uncommitted"
 
 
+def _relative_to_repo(path: Path) -> str:
+    """`path` as the repository sees it (e.g. ../shared/data/ferplus): a card must not name
+    one machine's absolute folders."""
+    try:
+        return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
 def code_versions(state: RunState) -> str:
     """The commits that trained the epochs and the one that exported and scored them."""
     now = git_commit()
@@ -974,7 +983,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         "",
         f"- Command: `{command}`",
         f"- Code: {code_versions(state)}",
-        f"- Data: {dataset} at `{data_root}`; {train_count} training images "
+        f"- Data: {dataset} at `{_relative_to_repo(data_root)}` (DATA_ROOT); {train_count} training images "
         f"(label mode {recipe.label_mode}), {len(valid)} validation images ({valid.source}); "
         f"synthetic occlusion augmentation {occlusion_text}",
         f"- Epochs: {state.epoch} of {recipe.epochs}"
