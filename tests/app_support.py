@@ -13,14 +13,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from app import ASSETS_DIR
+from app import ASSETS_DIR, REPO_ROOT
 
 FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 SEVEN_CLASSES = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
@@ -193,3 +196,17 @@ def mini_ferplus(ferplus_root: Path, dest: Path, rows: int) -> Path:
     for row in lines:
         shutil.copyfile(ferplus_root / "FER2013Test" / row[0], folder / row[0])
     return dest
+
+
+def run_occlufer(*args: str, store: Path | None = None, check: bool | None = True,
+                 extra_env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`occlufer ARGS` as a user runs it (a fresh process from the repository root), with
+    OCCLUFER_HOME = `store`; asserts success unless `check` is off."""
+    env = {**os.environ, **(extra_env or {})}
+    if store is not None:
+        env["OCCLUFER_HOME"] = str(store)
+    done = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done

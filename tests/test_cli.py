@@ -14,18 +14,7 @@ import numpy as np
 import pytest
 
 from app import REPO_ROOT
-
-
-def occlufer(*args: str, store: Path | None = None, check: bool | None = True,
-             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(extra_env or {})}
-    if store is not None:
-        env["OCCLUFER_HOME"] = str(store)
-    done = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO_ROOT, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
+from tests.app_support import run_occlufer as occlufer
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,10 @@ from app import ASSETS_DIR, REPO_ROOT
 from app.errors import SessionFileError
 from app.report import write_report
 from app.session_csv import open_session, read_table
-from tests.app_support import face_frames, sha256, write_video
+from tests.app_support import face_frames, run_occlufer, sha256, write_video
 from tests.session_support import record_session
 
 FRAMES = 45
-
-
-def occlufer(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, "OCCLUFER_HOME": str(home)},
-                          cwd=REPO_ROOT, timeout=600)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +33,9 @@ def home(retinaface_onnx) -> Path:
 @pytest.fixture(scope="module")
 def demo_csv(home, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo.csv"
-    occlufer(home, "run", "--source", "demo", "--model", "resnet18_fast", "--max-frames",
-             str(FRAMES), "--device", "cpu", "--threads", "1", "--out", str(out))
+    run_occlufer("run", "--source", "demo", "--model", "resnet18_fast", "--max-frames",
+                 str(FRAMES), "--device", "cpu", "--threads", "1", "--out", str(out), store=home,
+                 timeout=600)
     return out
 
 
@@ -62,7 +54,8 @@ def _csv_rows(path: Path) -> list[dict]:
 
 
 def test_report_of_a_demo_run(home, demo_csv, tmp_path):
-    done = occlufer(home, "report", str(demo_csv), "--out", str(tmp_path / "report"))
+    done = run_occlufer("report", str(demo_csv), "--out", str(tmp_path / "report"), store=home,
+                        timeout=600)
     assert "report.html" in done.stdout
     html = (tmp_path / "report" / "report.html").read_text()
     for name in ("track_1", "expression_time", "continuity", "latency", "hidden_parts"):
@@ -108,7 +101,8 @@ def test_a_run_killed_mid_write_is_reported_up_to_its_last_whole_row(home, tmp_p
     last_line_start = whole.rstrip(b"\n").rfind(b"\n") + 1
     cut.write_bytes(whole[: last_line_start + 40])
     lines = whole[:last_line_start].count(b"\n") - 1  # whole rows before the cut one
-    done = occlufer(home, "report", str(cut), "--out", str(tmp_path / "cut-report"))
+    done = run_occlufer("report", str(cut), "--out", str(tmp_path / "cut-report"), store=home,
+                        timeout=600)
     assert "cut mid-write" in done.stderr
     html = (tmp_path / "cut-report" / "report.html").read_text()
     assert "cut mid-write" in html and f"{lines:,}</td>" in html
@@ -136,7 +130,8 @@ def test_report_of_a_two_track_session_with_its_models(two_track_session, tmp_pa
 def test_files_that_are_not_sessions_are_clear_errors(home, tmp_path, content, message):
     path = tmp_path / "x.csv"
     path.write_bytes(content)
-    done = occlufer(home, "report", str(path), "--out", str(tmp_path / "r"), check=False)
+    done = run_occlufer("report", str(path), "--out", str(tmp_path / "r"), store=home, timeout=600,
+                        check=False)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
