@@ -209,12 +209,16 @@ class MaskAwareNet(nn.Module):
         self.classifier = nn.Linear(self.num_features, num_classes)
         he_init(self.modules(), batchnorm=False)
 
-    def parse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def parse(self, x: torch.Tensor, occlusion: torch.Tensor | None = None
+              ) -> dict[str, torch.Tensor]:
         """Everything one pass computes: P, occlusion logits and probabilities, heat-maps,
-        region weights and FERM's map."""
+        region weights and FERM's map. `occlusion` (N, h, w) replaces the predicted map in
+        EFFM's visibility gating: the gating probe (training/gating_probe.py) feeds none
+        (zeros) or the occluder's true mask to measure what the gating is worth."""
         p = self.fopm(x)
         occlusion_logits, heatmaps = self.unet(p)
-        occlusion = torch.sigmoid(occlusion_logits)
+        if occlusion is None:
+            occlusion = torch.sigmoid(occlusion_logits)
         fused, region_weights = self.effm(p, occlusion, heatmaps)
         return {"p": p, "occlusion_logits": occlusion_logits, "occlusion": occlusion,
                 "heatmaps": heatmaps, "region_weights": region_weights,

@@ -22,7 +22,11 @@ from models.mask_aware import landmark_heatmaps
 from training.augment import AugmentConfig, augment_batch
 from training.data import load_split
 from training.recipes import get_recipe
+from training.gating_probe import MODES, markdown_table, run_probe
+from training.occlusion import write_test_sets
 from training.trainer import train
+
+from tests.app_support import mini_ferplus
 
 SIZE = 48
 SMALL = {"width": 8, "ferm_strides": (1, 2, 1), "heatmap_sigma": 1.0}
@@ -188,3 +192,28 @@ def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path, te
     assert "Its own occlusion map" in card and "(no occluder) | false-positive pixels" in card
     report = json.loads((tmp_path / "run" / "reports" / "test_clean" / "report.json").read_text())
     assert 0.0 <= report["occlusion_map"]["pixel_false_positive_rate"] <= 1.0
+
+    # the gating probe on the trained weights: 40 real test faces, clean and a masked copy
+    mini = mini_ferplus(ferplus_root, tmp_path / "mini", 40)
+    write_test_sets(mini, tmp_path / "sets", ["masked"], progress=False)
+    results = run_probe(tmp_path / "run" / "best.pt", mini, tmp_path / "sets",
+                        kinds=("clean", "masked"))
+    # (faces without a majority label are left out, as in every evaluation)
+    assert results["clean"]["n"] == results["masked"]["n"] >= 30
+    # on clean faces the oracle map is "nothing hidden", the same map as gating off
+    assert results["clean"]["oracle"] == results["clean"]["off"]
+    assert all(0.0 <= results[k][m] <= 100.0 for k in results for m in MODES)
+    assert "| masked |" in markdown_table(results)
+
+
+def test_an_occlusion_map_given_to_parse_replaces_the_predicted_one_in_the_gating(batch):
+    x, _, _ = batch
+    model = small_model().eval()
+    with torch.no_grad():
+        own = model.parse(x)
+        hidden = torch.full_like(own["occlusion"], 0.95)
+        given = model.parse(x, occlusion=hidden)
+        again = model.parse(x, occlusion=own["occlusion"])
+    assert torch.allclose(again["features"], own["features"])
+    assert not torch.allclose(given["features"], own["features"])
+    assert torch.equal(given["occlusion"], hidden)
