@@ -64,6 +64,8 @@ INPUT_NAME = "input"
 OUTPUT_NAMES = ("probs", "cam")
 #: Largest |onnxruntime - torch| accepted on `probs` and `cam` for an fp32 export.
 PARITY_TOLERANCE = 1e-4
+#: The same for `cam`, relative to its largest |value| (at least 1): see `verify`.
+CAM_PARITY_TOLERANCE = 1e-3
 CAM_EPS = 1e-6
 #: Float initializers smaller than this stay float32 in an fp16 file (scalars, tiny biases).
 FP16_MIN_ELEMENTS = 16
@@ -282,11 +284,18 @@ def verify(wrapper: ProbsAndCam, onnx_path: Path, x: np.ndarray, labels: np.ndar
                    float(np.abs(expected_cam[:1] - single_cam).max()))
     diff_more = max([0.0] + [max(float(np.abs(e - g).max()), float(np.abs(e[:1] - s).max()))
                              for e, g, s in zip(expected_more, more, single_more)])
-    if not fp16 and not (diff_probs < PARITY_TOLERANCE and diff_cam < PARITY_TOLERANCE
+    # The CAM is raw, unbounded evidence, per map cell (no pooling averages its rounding out,
+    # as it does for probs), and only ever drawn: min-max normalised to 8 bits, a step of
+    # 1/255 of its range. Its limit is CAM_PARITY_TOLERANCE (a quarter of that step) of its
+    # size: a briefly trained ORSANet on an AVX-512 CPU measured 1.3e-4 on cells of |cam| <= 1
+    # (probs 9e-8), from fp32 kernels that sum in another order; probabilities and the extra
+    # maps live in [0, 1] and keep PARITY_TOLERANCE.
+    cam_limit = CAM_PARITY_TOLERANCE * max(1.0, float(np.abs(expected_cam).max()))
+    if not fp16 and not (diff_probs < PARITY_TOLERANCE and diff_cam < cam_limit
                          and diff_more < PARITY_TOLERANCE):
         raise ExportParityError(f"ONNX differs from torch: probs by {diff_probs:.3g}, cam by "
-                                f"{diff_cam:.3g}, extra outputs by {diff_more:.3g} "
-                                f"(limit {PARITY_TOLERANCE:g})")
+                                f"{diff_cam:.3g} (limit {cam_limit:.3g}), extra outputs by "
+                                f"{diff_more:.3g} (limit {PARITY_TOLERANCE:g})")
     agree = float(np.mean(expected_probs.argmax(1) == probs.argmax(1)))
     acc_torch = acc_onnx = None
     if labels is not None:
