@@ -25,7 +25,7 @@ a 42-epoch run; `occluder_bank = 0` paints one per face, as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -205,7 +205,9 @@ AUX_KINDS = ("occlusion", "landmarks68", "parsing")
 
 def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: int,
                   spec: InputSpec, cfg: AugmentConfig | None, occlusion: bool,
-                  aux: Sequence[str] = (), landmarks68: np.ndarray | None = None
+                  aux: Sequence[str] = (), landmarks68: np.ndarray | None = None,
+                  priors: Callable[[Sequence[np.ndarray], Sequence[str], int],
+                                   dict[str, np.ndarray]] | None = None
                   ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """(B, C, S, S) float32 network input for `images[indices]`; `cfg=None` means no
     augmentation (evaluation), which is exactly `prepare_batch` on the stored crops.
@@ -215,7 +217,9 @@ def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: 
     (1 = hidden), "landmarks68" (B, 68, 2) float32 fractions of the side (pixel = u * S - 0.5),
     "parsing" (B, S, S) int64 LaPa labels drawn from those landmarks with occluded pixels as
     background (`app.pipeline.priors.render_parsing`). `landmarks68` optionally gives every
-    stored image's own points (N, 68, 2) in its pixels instead of the FERPlus template."""
+    stored image's own points (N, 68, 2) in its pixels instead of the FERPlus template.
+    `priors` (`training.runtime_priors.RuntimePriors`) replaces "landmarks68" and "parsing"
+    with what the app's perception networks give on each augmented crop."""
     bank = _bank_for(images, indices, epoch, seed, cfg, occlusion)
     if not aux:
         crops = [images[i] for i in indices]
@@ -243,7 +247,12 @@ def augment_batch(images: np.ndarray, indices: Sequence[int], epoch: int, seed: 
         extras["occlusion"] = np.stack(masks).astype(np.float32)
     if "landmarks68" in aux:
         extras["landmarks68"] = np.stack(points).astype(np.float32)
-    if "parsing" in aux:
+    if "parsing" in aux and priors is None:
         extras["parsing"] = np.stack([render_parsing(p * spec.size - 0.5, spec.size, m)
                                       for p, m in zip(points, masks)]).astype(np.int64)
+    wanted = [k for k in ("landmarks68", "parsing") if k in aux]
+    if priors is not None and wanted:
+        fed = priors(crops, wanted, spec.size)
+        extras.update({k: fed[k].astype(np.int64 if k == "parsing" else np.float32)
+                       for k in wanted})
     return prepare_batch(crops, spec), extras

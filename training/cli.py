@@ -67,6 +67,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "recipe's)")
     parser.add_argument("--distill-weight", type=float, default=None,
                         help="weight of the teacher distribution in the target (default 0.5)")
+    parser.add_argument("--train-priors", default=None, choices=("teacher", "runtime"),
+                        help="what a prior-guided model (ORSANet) is fed while it trains: "
+                             "teacher = FaceMesh on the clean face + the occluder's true mask, "
+                             "runtime = the app's landmark student and occlusion network on "
+                             "the augmented face (default: the recipe's)")
     add_publish_args(parser)
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the occluded test sets are (default "
@@ -96,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
                        build_occluded=args.build_occluded_sets, command=_command_line(),
                        precision=args.precision, channels_last=args.channels_last,
                        occluder_bank=args.occluder_bank, teachers=args.teachers,
-                       distill_weight=args.distill_weight)
+                       distill_weight=args.distill_weight, train_priors=args.train_priors)
     except KeyError as exc:  # unknown model or recipe
         raise OccluferError(str(exc.args[0])) from exc
     print(f"wrote {result}")

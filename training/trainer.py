@@ -94,6 +94,8 @@ class BatchSource(torch.utils.data.Dataset):
         #: (N, C) teacher distribution on each clean face (`training.distill`), or None
         self.teacher: np.ndarray | None = None
         self.distill_weight = 0.0
+        #: `training.runtime_priors.RuntimePriors` for Recipe.train_priors == "runtime"
+        self.priors = None
 
     def __len__(self) -> int:  # only for DataLoader's bookkeeping
         return len(self.split)
@@ -103,7 +105,8 @@ class BatchSource(torch.utils.data.Dataset):
         epoch, indices = key
         extras = None
         x = augment_batch(self.split.images, indices, epoch, self.seed, self.spec, self.augment,
-                          self.occlusion, aux=self.aux, landmarks68=self.split.landmarks68)
+                          self.occlusion, aux=self.aux, landmarks68=self.split.landmarks68,
+                          priors=self.priors)
         if self.aux:
             x, extras = x
         idx = np.asarray(indices)
@@ -452,7 +455,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
           command: str | None = None, progress: bool = True, teacher=None,
           precision: str = "auto", channels_last: bool | None = None,
           occluder_bank: int | None = None,
-          teachers: Sequence[str] | None = None, distill_weight: float | None = None) -> Path:
+          teachers: Sequence[str] | None = None, distill_weight: float | None = None,
+          train_priors: str | None = None) -> Path:
     """Train `model_name` with `recipe` and return the final ONNX (or `last.pt` when
     `finalize` is off or `stop_after` ended the run early).
 
@@ -470,6 +474,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     the recipe's `augment.occluder_bank`; see `training.augment`).
     `teachers` / `distill_weight` override the recipe's distillation (`training.distill`);
     a distilled run's default entry name ends in `_kd`.
+    `train_priors` overrides the recipe's `train_priors` (`training.runtime_priors`); a run
+    whose priors differ from its recipe's gets `_<source>priors` in its default entry name.
     """
     from models import create_model
 
@@ -483,8 +489,17 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         recipe_obj = replace(recipe_obj, distill_teachers=tuple(teachers))
     if distill_weight is not None:
         recipe_obj = replace(recipe_obj, distill_weight=float(distill_weight))
-    name = entry_name or default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug,
-                                            bool(recipe_obj.distill_teachers))
+    priors_suffix = ""
+    if train_priors is not None and train_priors != recipe_obj.train_priors:
+        from training.runtime_priors import TRAIN_PRIOR_SOURCES
+
+        if train_priors not in TRAIN_PRIOR_SOURCES:
+            raise OccluferError(f"unknown training priors {train_priors!r}; choose one of "
+                                f"{TRAIN_PRIOR_SOURCES}")
+        recipe_obj = replace(recipe_obj, train_priors=train_priors)
+        priors_suffix = f"_{train_priors}priors"
+    name = entry_name or (default_entry_name(model_name, recipe_obj.name, dataset, occlusion_aug,
+                                             bool(recipe_obj.distill_teachers)) + priors_suffix)
     data_root = Path(data_root).expanduser().resolve()
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -526,6 +541,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
                 "seed": seed, "limit": limit, "occlusion_aug": occlusion_aug}
     if recipe_obj.distill_teachers:  # (absent for undistilled runs: older checkpoints resume)
         identity["distill"] = [list(recipe_obj.distill_teachers), recipe_obj.distill_weight]
+    if recipe_obj.train_priors != "teacher":
+        identity["train_priors"] = recipe_obj.train_priors
     state = RunState()
     if resume and last_path.exists():
         checkpoint = torch.load(last_path, map_location=torch_device, weights_only=False)
@@ -566,9 +583,21 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         tqdm.write(distill_note)
     valid_x = torch.from_numpy(augment_batch(valid_data.images, range(len(valid_data)), 0, seed,
                                              spec, None, False))
-    valid_priors = None  # a prior-guided model is validated on the priors the app feeds it
+    # a prior-guided model is validated on the kind of priors it trains on (on clean faces)
+    valid_priors = None
     prior_names = tuple(k for k in LANDMARK_AUX if k in getattr(model, "extra_inputs", {}))
-    if prior_names and valid_data.landmarks68 is not None:
+    priors_note = None
+    if prior_names and recipe_obj.train_priors == "runtime":
+        from training.runtime_priors import RuntimePriors
+
+        source.priors = RuntimePriors()
+        priors_note = source.priors.describe()
+        tqdm.write(priors_note)
+        feeds = [source.priors(list(valid_data.images[s:s + 256]), prior_names, spec.size)
+                 for s in range(0, len(valid_data), 256)]
+        valid_priors = {k: torch.from_numpy(np.concatenate([f[k] for f in feeds]).astype(
+            np.int64 if k == "parsing" else np.float32)) for k in prior_names}
+    elif prior_names and valid_data.landmarks68 is not None:
         _, extras = augment_batch(valid_data.images, range(len(valid_data)), 0, seed, spec, None,
                                   False, aux=prior_names, landmarks68=valid_data.landmarks68)
         valid_priors = {k: torch.from_numpy(v) for k, v in extras.items()}
@@ -672,7 +701,7 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
         device=device, test_limit=test_limit, register=register, manifest=manifest,
         occlusion_dir=occlusion_dir, build_occluded=build_occluded, occlusion_aug=occlusion_aug,
         wall_seconds=time.perf_counter() - started_wall,
-        notes=[n for n in (landmark_note, distill_note) if n], teacher=teacher)
+        notes=[n for n in (landmark_note, distill_note, priors_note) if n], teacher=teacher)
 
 
 def _equivalent_command(model_name: str, dataset: str, data_root: Path, recipe: str, device: str,

@@ -43,6 +43,10 @@ class Recipe:
     #: per-sample training extras (training.augment.AUX_KINDS) passed to the model's
     #: `training_loss(..., aux={name: tensor})`; () = the plain (x, target) path
     aux: tuple[str, ...] = ()
+    #: where a prior-guided model's "landmarks68"/"parsing" come from in training
+    #: (`training.runtime_priors.TRAIN_PRIOR_SOURCES`): "teacher" = perfect priors, "runtime" =
+    #: the app's perception networks on each augmented face
+    train_priors: str = "teacher"
     #: after training, fit the class-prior logit adjustment and temperature on validation and
     #: fold them into the export (`training.calibration`); off = the network's own softmax
     posthoc: bool = False
