@@ -143,3 +143,51 @@ def test_training_smoke_run_through_the_trainer(ferplus_root: Path, tmp_path, te
     assert len(history) == 2 and "nan" not in history[1]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
+
+
+def test_runtime_training_priors_are_the_apps_feeds_on_the_augmented_face(faces):
+    """`--train-priors runtime`: the extras a training batch carries are exactly what the
+    app's student and occlusion network give on that augmented (occluded, warped) face."""
+    from app.pipeline.landmarks_student import StudentLandmarker
+    from app.pipeline.occlusion_map import OcclusionParsingModel
+    from app.pipeline.priors import prior_feeds
+    from training.augment import augment_image_aux, sample_rng
+    from training.runtime_priors import RuntimePriors
+
+    images = faces[0][:12]
+    cfg = AugmentConfig(occlusion_p_clean=0.0)  # every face occluded
+    idx = list(range(len(images)))
+    x, fed = augment_batch(images, idx, 3, 0, SPEC, cfg, True, aux=AUX,
+                           priors=RuntimePriors())
+    _, perfect = augment_batch(images, idx, 3, 0, SPEC, cfg, True, aux=AUX)
+    crops = [augment_image_aux(images[i], sample_rng(0, 3, i), cfg, True)[0] for i in idx]
+    student, occlusion_net = StudentLandmarker.from_store(), OcclusionParsingModel.from_store()
+    expected = prior_feeds(AUX, SIZE, list(student(crops)[0]),
+                           list(occlusion_net.predict(crops)[0]))
+    assert fed["landmarks68"].dtype == np.float32 and fed["parsing"].dtype == np.int64
+    np.testing.assert_array_equal(fed["landmarks68"], expected["landmarks68"])
+    np.testing.assert_array_equal(fed["parsing"], expected["parsing"])
+    # the image is the one the perfect-prior path makes; only the priors differ from it
+    np.testing.assert_array_equal(x, augment_batch(images, idx, 3, 0, SPEC, cfg, True))
+    assert not np.array_equal(fed["parsing"], perfect["parsing"])
+    assert np.abs(fed["landmarks68"] - perfect["landmarks68"]).max() > 0.01
+    import pickle
+
+    assert pickle.loads(pickle.dumps(RuntimePriors()))._models is None  # workers reopen
+
+
+def test_runtime_priors_run_records_its_priors_and_refuses_a_mixed_resume(ferplus_root: Path,
+                                                                          tmp_path, teacher):
+    from app.errors import OccluferError
+
+    recipe = replace(get_recipe("orsanet", "cpu"), epochs=2, batch_size=32,
+                     model_cfg={**get_recipe("orsanet", "cpu").model_cfg, **SMALL})
+    assert recipe.train_priors == "runtime"
+    common = dict(out_dir=tmp_path / "run", limit=64, val_limit=64, workers=0, progress=False,
+                  register=False, finalize=False, teacher=teacher)
+    last = train("orsanet", "ferplus", ferplus_root, recipe, "cpu", stop_after=1, **common)
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["identity"]["train_priors"] == "runtime"
+    with pytest.raises(OccluferError, match="train_priors"):
+        train("orsanet", "ferplus", ferplus_root, recipe, "cpu", resume=True,
+              train_priors="teacher", **common)

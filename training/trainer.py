@@ -271,8 +271,9 @@ def check_resume_identity(checkpoint: dict[str, Any], identity: dict[str, Any],
                           path: Path) -> None:
     """Refuse to resume a run that was started with other settings: its remaining epochs
     would silently train a different model than the card will describe."""
-    mismatched = {k: (checkpoint["identity"].get(k), v) for k, v in identity.items()
-                  if checkpoint["identity"].get(k) != v}
+    saved = checkpoint["identity"]
+    mismatched = {k: (saved.get(k), identity.get(k)) for k in {**saved, **identity}
+                  if saved.get(k) != identity.get(k)}
     if mismatched:
         raise OccluferError(f"cannot resume {path}: it was started with different "
                             f"settings (saved, now): {mismatched}")
