@@ -880,7 +880,8 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
                       params=sum(p.numel() for p in model.parameters()), notes=notes,
                       prior_reports=prior_reports, calibration=calibration, tta=tta)
     if register:
-        publish(name, final, card, spec, classes, recipe, reports, dataset, manifest)
+        publish(name, final, card, spec, classes, recipe.description, reports, dataset,
+                manifest)
     return final
 
 
@@ -913,40 +914,8 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         f"sha256 `{sha256_file(final)}`) |",
         f"| Licence | {LICENCE} |",
         "",
-        "## Accuracy",
-        "",
-        "| Test set | Accuracy | Macro-F1 | ECE | disgust / contempt recall | n |",
-        "|---|---|---|---|---|---|",
     ]
-    from training.degrade import TEST_SETS as DEGRADED_SETS
-
-    for kind, report in reports.items():
-        label = "FERPlus test (clean)" if kind == "clean" else (
-            f"FERPlus test, camera-degraded: {kind}" if kind in DEGRADED_SETS
-            else f"FERPlus test + synthetic {kind}")
-        if dataset.lower() != "ferplus":
-            label = f"{dataset} test"
-        rare = " / ".join(f"{report['per_class_accuracy'][c]:.1f}"
-                          if report["per_class_accuracy"].get(c) is not None else "–"
-                          for c in ("disgust", "contempt"))
-        ece = f"{report['ece']:.2f} %" if report.get("ece") is not None else "–"
-        lines.append(f"| {label} | {report['accuracy']:.2f} % | {report['macro_f1']:.2f} | "
-                     f"{ece} | {rare} | {report['n']} |")
-    if not reports:
-        lines.append("| (no test split evaluated) | | | |")
-    maps = {k: r["occlusion_map"] for k, r in reports.items() if r.get("occlusion_map")}
-    if maps:
-        lines += ["", "Its own occlusion map (output `occlusion`, upsampled to 48 px, P > 0.5) "
-                  "against the occluder's true mask - what the app shows as the occlusion "
-                  "overlay while this model is active:", "",
-                  "| Test set | pixel IoU | F1 | precision | recall |", "|---|---|---|---|---|"]
-        for kind, m in maps.items():
-            if "iou" in m:
-                lines.append(f"| {kind} | {m['iou'] * 100:.1f} | {m['f1'] * 100:.1f} | "
-                             f"{m['precision'] * 100:.1f} | {m['recall'] * 100:.1f} |")
-            else:
-                lines.append(f"| {kind} (no occluder) | false-positive pixels "
-                             f"{m['pixel_false_positive_rate'] * 100:.2f} % | | | |")
+    lines += report_lines(reports, dataset)
     if prior_reports:
         kinds = list(reports)
         lines += ["", "Accuracy by where the priors come from (`occlufer eval --priors ...`): "
@@ -960,39 +929,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         for source, by_kind in prior_reports.items():
             lines.append(f"| {source} | " + " | ".join(
                 f"{by_kind[k]['accuracy']:.2f}" if k in by_kind else "–" for k in kinds) + " |")
-    if calibration is not None or tta is not None:
-        lines += ["", "## Post-hoc: class balance, calibration, mirror averaging", ""]
-    if tta is not None:
-        lines.append(f"Mirror averaging (the face and its mirror image, logits averaged): "
-                     f"FER2013Valid {tta['valid_accuracy_off']:.2f} % without, "
-                     f"{tta['valid_accuracy_on']:.2f} % with; "
-                     f"{'kept' if tta['kept'] else 'not kept'} (kept only for a gain of at "
-                     f"least {tta['min_gain']} points, since it doubles the expression stage).")
-        lines.append("")
-    if calibration is not None:
-        before, after = calibration.valid["before"], calibration.valid["after"]
-        lines += [
-            f"Folded into the graph: `probs = softmax((logits - {calibration.tau:.2f} · log prior)"
-            f" / {calibration.temperature:.3f})`, both fitted on FER2013Valid "
-            f"(n = {calibration.valid['n']}), never on test (`training/calibration.py`): the "
-            "logit adjustment (Menon et al. 2021) by the largest accuracy + macro-F1, then "
-            "the temperature (Guo et al. 2017) by the smallest NLL. Prior: "
-            f"{calibration.prior_source}.",
-            "",
-            "| FER2013Valid | accuracy | macro-F1 | NLL | ECE |", "|---|---|---|---|---|",
-            f"| network's own softmax | {before['accuracy']:.2f} | {before['macro_f1']:.2f} | "
-            f"{before['nll']:.4f} | {before['ece']:.2f} % |",
-            f"| shipped (adjusted + temperature) | {after['accuracy']:.2f} | "
-            f"{after['macro_f1']:.2f} | {after['nll']:.4f} | {after['ece']:.2f} % |",
-            "",
-            "Logit adjustment on FER2013Valid (tau 0 = none):", "",
-            "| tau | accuracy | macro-F1 | disgust recall | contempt recall |",
-            "|---|---|---|---|---|",
-        ]
-        for row in calibration.tau_table[::2]:
-            rare = [row["recall"].get(c) for c in ("disgust", "contempt")]
-            lines.append(f"| {row['tau']:.1f} | {row['accuracy']:.2f} | {row['macro_f1']:.2f} | "
-                         + " | ".join("–" if v is None else f"{v:.1f}" for v in rare) + " |")
+    lines += posthoc_lines(calibration, tta)
     lines += [
         "",
         f"Best FER2013Valid accuracy during training (torch): {state.best_acc:.2f} % at epoch "
@@ -1047,8 +984,89 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
     return path
 
 
+def report_lines(reports: dict[str, dict[str, Any]], dataset: str) -> list[str]:
+    """The card's accuracy table (every test set, with ECE and the rare classes) and, for a
+    model with its own occlusion map, how well that map finds the occluder."""
+    lines = [
+        "## Accuracy",
+        "",
+        "| Test set | Accuracy | Macro-F1 | ECE | disgust / contempt recall | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    from training.degrade import TEST_SETS as DEGRADED_SETS
+
+    for kind, report in reports.items():
+        label = "FERPlus test (clean)" if kind == "clean" else (
+            f"FERPlus test, camera-degraded: {kind}" if kind in DEGRADED_SETS
+            else f"FERPlus test + synthetic {kind}")
+        if dataset.lower() != "ferplus":
+            label = f"{dataset} test"
+        rare = " / ".join(f"{report['per_class_accuracy'][c]:.1f}"
+                          if report["per_class_accuracy"].get(c) is not None else "–"
+                          for c in ("disgust", "contempt"))
+        ece = f"{report['ece']:.2f} %" if report.get("ece") is not None else "–"
+        lines.append(f"| {label} | {report['accuracy']:.2f} % | {report['macro_f1']:.2f} | "
+                     f"{ece} | {rare} | {report['n']} |")
+    if not reports:
+        lines.append("| (no test split evaluated) | | | |")
+    maps = {k: r["occlusion_map"] for k, r in reports.items() if r.get("occlusion_map")}
+    if maps:
+        lines += ["", "Its own occlusion map (output `occlusion`, upsampled to 48 px, P > 0.5) "
+                  "against the occluder's true mask - what the app shows as the occlusion "
+                  "overlay while this model is active:", "",
+                  "| Test set | pixel IoU | F1 | precision | recall |", "|---|---|---|---|---|"]
+        for kind, m in maps.items():
+            if "iou" in m:
+                lines.append(f"| {kind} | {m['iou'] * 100:.1f} | {m['f1'] * 100:.1f} | "
+                             f"{m['precision'] * 100:.1f} | {m['recall'] * 100:.1f} |")
+            else:
+                lines.append(f"| {kind} (no occluder) | false-positive pixels "
+                             f"{m['pixel_false_positive_rate'] * 100:.2f} % | | | |")
+    return lines
+
+
+def posthoc_lines(calibration, tta: dict[str, Any] | None) -> list[str]:
+    """The card's post-hoc section: mirror averaging, and the logit adjustment and
+    temperature with their tau table (empty when neither was fitted)."""
+    lines: list[str] = []
+    if calibration is not None or tta is not None:
+        lines += ["", "## Post-hoc: class balance, calibration, mirror averaging", ""]
+    if tta is not None:
+        lines.append(f"Mirror averaging (the face and its mirror image, logits averaged): "
+                     f"FER2013Valid {tta['valid_accuracy_off']:.2f} % without, "
+                     f"{tta['valid_accuracy_on']:.2f} % with; "
+                     f"{'kept' if tta['kept'] else 'not kept'} (kept only for a gain of at "
+                     f"least {tta['min_gain']} points, since it doubles the expression stage).")
+        lines.append("")
+    if calibration is not None:
+        before, after = calibration.valid["before"], calibration.valid["after"]
+        lines += [
+            f"Folded into the graph: `probs = softmax((logits - {calibration.tau:.2f} · log prior)"
+            f" / {calibration.temperature:.3f})`, both fitted on FER2013Valid "
+            f"(n = {calibration.valid['n']}), never on test (`training/calibration.py`): the "
+            "logit adjustment (Menon et al. 2021) by the largest accuracy + macro-F1, then "
+            "the temperature (Guo et al. 2017) by the smallest NLL. Prior: "
+            f"{calibration.prior_source}.",
+            "",
+            "| FER2013Valid | accuracy | macro-F1 | NLL | ECE |", "|---|---|---|---|---|",
+            f"| network's own softmax | {before['accuracy']:.2f} | {before['macro_f1']:.2f} | "
+            f"{before['nll']:.4f} | {before['ece']:.2f} % |",
+            f"| shipped (adjusted + temperature) | {after['accuracy']:.2f} | "
+            f"{after['macro_f1']:.2f} | {after['nll']:.4f} | {after['ece']:.2f} % |",
+            "",
+            "Logit adjustment on FER2013Valid (tau 0 = none):", "",
+            "| tau | accuracy | macro-F1 | disgust recall | contempt recall |",
+            "|---|---|---|---|---|",
+        ]
+        for row in calibration.tau_table[::2]:
+            rare = [row["recall"].get(c) for c in ("disgust", "contempt")]
+            lines.append(f"| {row['tau']:.1f} | {row['accuracy']:.2f} | {row['macro_f1']:.2f} | "
+                         + " | ".join("–" if v is None else f"{v:.1f}" for v in rare) + " |")
+    return lines
+
+
 def publish(name: str, onnx_path: Path, card: Path, spec: InputSpec, classes: tuple[str, ...],
-            recipe: Recipe, reports: dict[str, dict[str, Any]], dataset: str,
+            description: str, reports: dict[str, dict[str, Any]], dataset: str,
             manifest: Path | None) -> Path:
     """Copy the ONNX and card beside the manifest (`models/`, `cards/`) and register them."""
     from app.runtime.store import default_manifest_path
@@ -1063,7 +1081,7 @@ def publish(name: str, onnx_path: Path, card: Path, spec: InputSpec, classes: tu
         "file": f"models/{name}.onnx",
         "sha256": sha256_file(onnx_copy),
         "licence": LICENCE,
-        "description": f"{recipe.description}. Test accuracy ({dataset}): {accuracy or 'n/a'}.",
+        "description": f"{description}. Test accuracy ({dataset}): {accuracy or 'n/a'}.",
         "sources": [{"kind": "asset"}],
         "input": spec.to_manifest(),
         "classes": list(classes),
