@@ -43,6 +43,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in --out after its last finished epoch")
     parser.add_argument("--no-occlusion-aug", dest="occlusion_aug", action="store_false",
                         help="train without synthetic occluders")
+    parser.add_argument("--name", default=None,
+                        help="the model's entry name in the manifest, its card and ONNX file "
+                             "(default <model>_<recipe>, _kd when distilled); a second run of "
+                             "one recipe, e.g. with another teacher, needs its own")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default runs/<model>_<recipe>)")
     parser.add_argument("--limit", type=int, default=None,
@@ -101,7 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
                        build_occluded=args.build_occluded_sets, command=_command_line(),
                        precision=args.precision, channels_last=args.channels_last,
                        occluder_bank=args.occluder_bank, teachers=args.teachers,
-                       distill_weight=args.distill_weight, train_priors=args.train_priors)
+                       distill_weight=args.distill_weight, train_priors=args.train_priors,
+                       entry_name=args.name)
     except KeyError as exc:  # unknown model or recipe
         raise OccluferError(str(exc.args[0])) from exc
     print(f"wrote {result}")

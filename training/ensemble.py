@@ -108,7 +108,8 @@ def make_ensemble(name: str, members: Sequence[str], data_root: Path, *, out_dir
         raise OccluferError(f"--mirror must be one of {', '.join(MIRROR_CHOICES)}")
     if len(members) < 2:
         raise OccluferError("an ensemble needs at least two members")
-    given = [Member(m, resolve_model_file(m, manifest)) for m in members]
+    given = [Member(Path(m).stem if m.lower().endswith('.onnx') else m,
+                    resolve_model_file(m, manifest)) for m in members]
     valid = load_split("ferplus", data_root, "valid", "majority")
     if val_limit is not None:
         valid.images, valid.labels = valid.images[:val_limit], valid.labels[:val_limit]
@@ -173,6 +174,20 @@ def default_command(name: str, members: Sequence[str], mirror: str) -> str:
             f"--data-root DATA_ROOT --mirror {mirror}")
 
 
+def member_metrics(name: str, manifest: Path | None) -> dict[str, Any]:
+    """A member's shipped test metrics from the manifest it is registered in (the given one,
+    else the repository's); {} for a file that is in neither."""
+    from app.runtime.store import ModelStore
+
+    for store in (ModelStore(manifest=manifest), ModelStore()):
+        try:
+            if name in store.names():
+                return store.entry(name).get("metrics", {})
+        except OccluferError:
+            continue
+    return {}
+
+
 def write_ensemble_card(path: Path, *, name: str, final: Path, chosen: Sequence[Member],
                         infos, mirrors: dict[str, dict[str, Any]],
                         reports: dict[str, dict[str, Any]], calibration, cost: dict[str, float],
@@ -181,10 +196,8 @@ def write_ensemble_card(path: Path, *, name: str, final: Path, chosen: Sequence[
     """The ensemble's card: its members (by sha256), what each contributes, the same
     accuracy and post-hoc sections as a trained model's card, and its cost per face."""
     from app.bench import cpu_name
-    from app.runtime.store import ModelStore
     from training.trainer import LICENCE
 
-    store = ModelStore(manifest=manifest)
     outputs = json.loads(model_metadata(create_session(final, "cpu"))[2].get("outputs", "{}"))
     lines = [
         f"# {name} — facial expression classifier (ensemble)",
@@ -213,7 +226,7 @@ def write_ensemble_card(path: Path, *, name: str, final: Path, chosen: Sequence[
     ]
     for info in infos:
         m = info.member.name
-        metrics = (store.entry(m).get("metrics", {}) if m in store.names() else {})
+        metrics = member_metrics(m, manifest)
         row = mirrors[m]
         where = "in its graph" if row.get("in_graph") else ("yes" if row["mirror"] else "no")
         lines.append(
