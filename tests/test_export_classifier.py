@@ -127,6 +127,19 @@ def test_a_failed_parity_check_leaves_nothing_behind(model, faces, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cam_parity_skips_only_maps_without_evidence_of_their_own(model, faces, tmp_path,
+                                                                 monkeypatch):
+    """Maps under 1 % of the face's strongest are rescaled rounding, not evidence; every other
+    map is still held to the CAM limit (1e-12 here, so real fp32 differences fail the export)."""
+    peaks = np.array([[1.0, 0.5, 0.009, 0.0], [2e-3, 1e-3, 1e-5, 0.0]])
+    assert exporter.cam_maps_with_evidence(peaks).tolist() == [[True, True, False, False]] * 2
+    monkeypatch.setattr(exporter, "CAM_PARITY_TOLERANCE", 1e-12)
+    with pytest.raises(exporter.ExportParityError, match="cam by"):
+        exporter.export_classifier(model, SPEC, EMOTIONS8, tmp_path / "x.onnx",
+                                   verify_images=faces)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_networks_without_the_contract_are_refused(tmp_path, faces):
     class NoClassifier(nn.Module):
         def __init__(self):

@@ -217,3 +217,28 @@ def test_an_occlusion_map_given_to_parse_replaces_the_predicted_one_in_the_gatin
     assert torch.allclose(again["features"], own["features"])
     assert not torch.allclose(given["features"], own["features"])
     assert torch.equal(given["occlusion"], hidden)
+
+
+def test_gating_probe_on_a_shipped_file_rewires_only_the_visibility(ferplus_root, tmp_path):
+    """`--model mask_aware_cpu`: the ONNX rewired so EFFM reads the map from an input; fed the
+    model's own map it must give the shipped probabilities (the probe checks every batch)."""
+    from app.errors import OccluferError
+    from training.gating_probe import gated_onnx
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "models" / "mask_aware_cpu.onnx"
+    mini = mini_ferplus(ferplus_root, tmp_path / "mini", 60)
+    write_test_sets(mini, tmp_path / "sets", ["masked"], progress=False)
+    results = run_probe(shipped, mini, tmp_path / "sets", kinds=("clean", "masked"))
+    assert results["clean"]["oracle"] == results["clean"]["off"]
+    assert results["masked"]["n"] >= 40
+    # a map hiding the lower face really reaches the classifier through the new input (a
+    # uniform map would not: the visibility-weighted average is scale-free)
+    session = ort.InferenceSession(gated_onnx(shipped), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 48, 48)).astype(np.float32)
+    lower = np.zeros((4, 12, 12), np.float32)
+    lower[:, 3:, :] = 0.99
+    seen = session.run(["probs"], {"input": x, "gate_occlusion": np.zeros((4, 12, 12), np.float32)})
+    hidden = session.run(["probs"], {"input": x, "gate_occlusion": lower})
+    assert not np.allclose(seen[0], hidden[0], atol=1e-4)
+    with pytest.raises(OccluferError, match="1 - occlusion"):
+        gated_onnx(shipped.with_name("resnet18_fast.onnx"))
