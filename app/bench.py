@@ -256,6 +256,7 @@ def agreement(pipeline, reference, frames: Sequence) -> dict:
 
 def bench_command(args) -> int:
     """`occlufer bench`: the whole chain on a video (or the demo), printed and written as JSON."""
+    from app.pipeline.landmarks import MODEL_NAME as LANDMARK_MODEL
     from app.pipeline.pipeline import build_pipeline
     from app.runtime.store import ModelStore
 
@@ -272,7 +273,7 @@ def bench_command(args) -> int:
     if args.agreement:
         reference = build_pipeline(store, device=args.device, threads=args.threads,
                                    detector_model=args.detector, score_threshold=args.score,
-                                   expression_model=args.model)
+                                   expression_model=args.model, landmark_model=LANDMARK_MODEL)
         pipeline.reset()
         report["agreement"] = agreement(pipeline, reference, frames[:args.agreement])
     models = {name: {"provider": provider, "sha256": store.expected_sha256(name)}

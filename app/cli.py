@@ -211,9 +211,11 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "in between (re-detects at once when a face is lost; 1 = every frame)")
     p.add_argument("--store", help="model store directory (default: $OCCLUFER_HOME/models "
                                    "or ~/.cache/occlufer/models)")
-    p.add_argument("--landmarks", default="facemesh_468",
-                   help="FaceMesh model: facemesh_468 (ONNX on onnxruntime) or "
-                        "facemesh_468_tflite (the same network on LiteRT, CPU only, ~2x faster)")
+    p.add_argument("--landmarks", default="auto",
+                   help="FaceMesh model: facemesh_468 (ONNX on onnxruntime), "
+                        "facemesh_468_tflite (the same network on LiteRT, CPU only, ~2x faster) "
+                        "or auto (default: LiteRT when the chain runs on the CPU and LiteRT and "
+                        "its model are installed, else onnxruntime)")
     p.add_argument("--pipeline", dest="pipelined", action=argparse.BooleanOptionalAction,
                    default=True, help="run the face detector on the next frame while this "
                    "frame's faces are analysed, on another core (same rows; --no-pipeline: "

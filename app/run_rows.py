@@ -24,7 +24,7 @@ from app.runtime.store import ModelStore
 #: (--device, --threads, --score, --detector, --detect-side, --detect-every, --landmarks).
 PIPELINE_DEFAULTS: dict[str, Any] = {"device": "auto", "threads": None, "score": 0.5,
                                      "detector": "retinaface_mnet025", "detect_side": 640,
-                                     "detect_every": 1, "landmarks": "facemesh_468"}
+                                     "detect_every": 1, "landmarks": "auto"}
 #: The expression model of a run that names none (`occlufer run` without --model, and
 #: `app.api.analyze(model=None)`): one default for both, the manifest's best model
 #: (`ModelStore.default_expression_model`); "none" runs no expression stage.

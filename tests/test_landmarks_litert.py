@@ -1,5 +1,5 @@
 """FaceMesh through LiteRT (`facemesh_468_tflite`) against the ONNX FaceMesh the pipeline
-runs by default: the tflite read out of the same wheel the ONNX is built from, the same ROI
+runs where LiteRT is missing or on a GPU: the tflite read out of the same wheel the ONNX is built from, the same ROI
 code around it, and points, faces and labels measured against the exact reference on the
 built-in demo. Speed is in BENCHMARKS.md, never here."""
 
@@ -17,6 +17,7 @@ from app.pipeline.pipeline import build_pipeline
 from tests.app_support import install_facemesh
 
 MODEL = "resnet18_fast"
+ONNX = "facemesh_468"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def store(model_store, retinaface_onnx):
 
 
 def test_litert_gives_the_onnx_points_on_demo_faces(store):
-    onnx = build_pipeline(store, device="cpu", threads=1)
+    onnx = build_pipeline(store, device="cpu", threads=1, landmark_model=ONNX)
     litert = LiteRTFaceMeshLandmarker.from_store(store=store)
     assert litert.provider == PROVIDER
     frames = load_frames("demo", 40, faces=4)
@@ -49,7 +50,8 @@ def test_the_whole_chain_on_litert_agrees_with_the_exact_reference(store):
     """`--landmarks facemesh_468_tflite` in the exact setting and with following, measured
     as `occlufer bench --agreement` measures a speed setting."""
     frames = load_frames("demo", 120)
-    reference = build_pipeline(store, device="cpu", threads=1, expression_model=MODEL)
+    reference = build_pipeline(store, device="cpu", threads=1, expression_model=MODEL,
+                               landmark_model=ONNX)
     exact = build_pipeline(store, device="cpu", threads=1, expression_model=MODEL,
                            landmark_model="facemesh_468_tflite")
     assert exact.providers["facemesh_468_tflite"] == PROVIDER and "facemesh_468" not in exact.providers
@@ -58,7 +60,7 @@ def test_the_whole_chain_on_litert_agrees_with_the_exact_reference(store):
     # following moves boxes by FaceMesh points: LiteRT's must move them as ONNX's do (what
     # following itself costs against the exact reference is in BENCHMARKS.md)
     onnx_following = build_pipeline(store, device="cpu", threads=1, expression_model=MODEL,
-                                    detect_every=5)
+                                    landmark_model=ONNX, detect_every=5)
     litert_following = build_pipeline(store, device="cpu", threads=1, expression_model=MODEL,
                                       landmark_model="facemesh_468_tflite", detect_every=5)
     followed = agreement(litert_following, onnx_following, frames)
@@ -69,6 +71,30 @@ def test_the_whole_chain_on_litert_agrees_with_the_exact_reference(store):
 def test_the_run_option_reaches_the_pipeline(store):
     rows = analyze("demo", model=MODEL, max_frames=6, store=store, device="cpu", threads=1,
                    landmarks="facemesh_468_tflite")
-    onnx = analyze("demo", model=MODEL, max_frames=6, store=store, device="cpu", threads=1)
+    onnx = analyze("demo", model=MODEL, max_frames=6, store=store, device="cpu", threads=1,
+                   landmarks=ONNX)
     assert [r["label"] for r in rows] == [r["label"] for r in onnx]
     assert [r["track_id"] for r in rows] == [r["track_id"] for r in onnx]
+
+
+def test_auto_landmarks_take_litert_on_the_cpu_only_where_it_is_installed(store, tmp_path):
+    """`--landmarks auto` (the default): LiteRT when the chain is on the CPU and LiteRT and its
+    model are installed; onnxruntime on a GPU or where the tflite model is missing."""
+    import shutil
+
+    from app.pipeline.pipeline import build_pipeline, choose_landmark_model
+    from app.runtime.store import ModelStore
+
+    model_store = store
+    assert choose_landmark_model(model_store, on_cpu=True) == "facemesh_468_tflite"
+    assert choose_landmark_model(model_store, on_cpu=False) == "facemesh_468"
+    pipeline = build_pipeline(model_store, device="cpu", threads=1)
+    assert pipeline.landmark_model == "facemesh_468_tflite"
+    assert pipeline.providers["facemesh_468_tflite"] == PROVIDER
+    bare_root = tmp_path / "models"
+    bare_root.mkdir()
+    for name in ("retinaface_mnet025.onnx", "facemesh_468.onnx"):
+        if (model_store.root / name).exists():
+            shutil.copyfile(model_store.root / name, bare_root / name)
+    bare = ModelStore(root=bare_root, manifest=model_store.manifest_path)
+    assert choose_landmark_model(bare, on_cpu=True) == "facemesh_468"

@@ -47,7 +47,7 @@ def _spec():
 
 
 def test_landmark_stage_runs_in_the_pipeline(store, astronaut_bgr):
-    pipeline = build_pipeline(store, device="cpu", threads=1)
+    pipeline = build_pipeline(store, device="cpu", threads=1, landmark_model="facemesh_468")
     assert pipeline.landmarker is not None and pipeline.providers["facemesh_468"] == "CPU"
     result = pipeline.process(Frame(astronaut_bgr, 0, 0.0))
     (face,) = result.faces

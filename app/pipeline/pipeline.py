@@ -56,6 +56,7 @@ class FacePipeline:
     classifier: ExpressionClassifier | None = None  # swap at any time; read once per frame
     providers: dict[str, str] = field(default_factory=dict)  # model name -> provider it runs on
     landmarker: FaceMeshLandmarker | None = None  # 468 + 68 points in frame coordinates
+    landmark_model: str | None = None  # the FaceMesh model asked for (build_pipeline's pick)
     student: StudentLandmarker | None = None  # occlusion-robust 68 points + visibility, after FaceMesh
     skipped: dict[str, str] = field(default_factory=dict)  # optional model -> why it is not loaded
     occlusion: OcclusionParsingModel | None = None  # occlusion map + parsing + part visibility
@@ -201,11 +202,30 @@ class FacePipeline:
         return faces, results
 
 
+#: `landmark_model` that picks FaceMesh's runtime: LiteRT where it pays (`choose_landmark_model`).
+LANDMARKS_AUTO = "auto"
+
+
+def choose_landmark_model(store: ModelStore, on_cpu: bool) -> str:
+    """FaceMesh on LiteRT when the chain runs on the CPU and LiteRT and its model are
+    installed, else on onnxruntime. The same network and points (within 1.5e-4 px, top label
+    identical on the demo), and LiteRT/XNNPACK halves the largest per-face stage on CPUs
+    (16.5 -> 8.0 ms for one face on a 2-core AVX2 EPYC; BENCHMARKS.md); it has no GPU path."""
+    import importlib.util
+
+    from app.pipeline.landmarks_litert import MODEL_NAME as LITERT_MODEL
+
+    if (on_cpu and LITERT_MODEL in store.models and store.state(LITERT_MODEL).status == "ok"
+            and importlib.util.find_spec("ai_edge_litert") is not None):
+        return LITERT_MODEL
+    return LANDMARK_MODEL
+
+
 def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
                    threads: int | None = None, detector_model: str = "retinaface_mnet025",
                    score_threshold: float = 0.5, max_side: int = 640,
                    expression_model: str | None = None,
-                   landmark_model: str | None = LANDMARK_MODEL,
+                   landmark_model: str | None = LANDMARKS_AUTO,
                    occlusion_model: str | None = OCCLUSION_MODEL,
                    parsing_model: str | None = None, detect_every: int = 1,
                    student_model: str | None = STUDENT_MODEL) -> FacePipeline:
@@ -215,7 +235,9 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
     and installed intact; otherwise `pipeline.skipped` says why (and with which command to
     get it), and everything else runs as before. A missing detector or expression model
     raises, as before. `max_side` is the detector's input bound (320 runs it ~4x cheaper and
-    misses faces under ~20 px); `detect_every` > 1 follows faces by FaceMesh in between."""
+    misses faces under ~20 px); `detect_every` > 1 follows faces by FaceMesh in between.
+    `landmark_model="auto"` (the default) is `choose_landmark_model`'s pick; the one loaded
+    is `pipeline.landmark_model`."""
     if detect_every < 1:
         raise ValueError(f"detect_every must be at least 1, not {detect_every}")
     store = store or ModelStore()
@@ -226,6 +248,9 @@ def build_pipeline(store: ModelStore | None = None, device: Device = "auto",
     if expression_model:
         pipeline.classifier = ExpressionClassifier.from_store(expression_model, store, device, threads)
         pipeline.providers[expression_model] = pipeline.classifier.provider
+    if landmark_model == LANDMARKS_AUTO:
+        landmark_model = choose_landmark_model(store, session_provider(session) == "CPU")
+    pipeline.landmark_model = landmark_model
     if landmark_model:  # FaceMesh on onnxruntime, or the same network on LiteRT (CPU)
         litert = landmark_model in store.models and \
             store.entry(landmark_model).get("runtime") == "litert"
@@ -267,4 +292,5 @@ def _attach_landmarks(pipeline: FacePipeline, store: ModelStore, name: str, devi
     pipeline.providers[name] = getattr(pipeline, attribute).provider
 
 
-__all__ = ["FacePipeline", "build_pipeline", "BadFrameError", "STAGES"]
+__all__ = ["FacePipeline", "build_pipeline", "choose_landmark_model", "LANDMARKS_AUTO",
+           "BadFrameError", "STAGES"]
