@@ -116,3 +116,25 @@ def test_make_ensemble_fits_scores_cards_and_registers(ferplus_root, tmp_path):
     posthoc = json.loads(ort.InferenceSession(str(final)).get_modelmeta()
                          .custom_metadata_map["posthoc"])
     assert posthoc["temperature"] != 1.0  # fitted on validation, folded into the graph
+
+
+def test_the_shipped_ensemble_is_what_the_committed_code_builds(faces, tmp_path):
+    """Reproducibility of `ensemble_cpu`'s card: its members (by sha256) and post-hoc step,
+    read from the shipped file, rebuilt by today's exporter, give the shipped probabilities."""
+    from app.runtime.store import ModelStore
+
+    shipped = MODELS / "ensemble_cpu.onnx"
+    meta = ort.InferenceSession(str(shipped)).get_modelmeta().custom_metadata_map
+    store = ModelStore()
+    members = []
+    for m in json.loads(meta["members"]):
+        path = store.path(m["name"])
+        info = read_member(Member(m["name"], path))
+        assert info.sha256 == m["sha256"], f"{m['name']} is not the file the ensemble was built from"
+        members.append(Member(m["name"], path, mirror=m["mirror"] and not info.in_graph_flip))
+    posthoc = json.loads(meta["posthoc"])
+    rebuilt = build_ensemble(members, tmp_path / "again.onnx", logit_bias=posthoc["logit_bias"],
+                             temperature=posthoc["temperature"], name="ensemble_cpu")
+    for want, got in zip(_run(shipped, faces, ("probs", "cam", "occlusion")),
+                         _run(rebuilt, faces, ("probs", "cam", "occlusion"))):
+        np.testing.assert_allclose(got, want, atol=1e-6)
