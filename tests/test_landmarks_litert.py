@@ -80,10 +80,8 @@ def test_the_run_option_reaches_the_pipeline(store):
 def test_auto_landmarks_take_litert_on_the_cpu_only_where_it_is_installed(store, tmp_path):
     """`--landmarks auto` (the default): LiteRT when the chain is on the CPU and LiteRT and its
     model are installed; onnxruntime on a GPU or where the tflite model is missing."""
-    import shutil
-
     from app.pipeline.pipeline import build_pipeline, choose_landmark_model
-    from app.runtime.store import ModelStore
+    from tests.app_support import partial_store
 
     model_store = store
     assert choose_landmark_model(model_store, on_cpu=True) == "facemesh_468_tflite"
@@ -91,10 +89,6 @@ def test_auto_landmarks_take_litert_on_the_cpu_only_where_it_is_installed(store,
     pipeline = build_pipeline(model_store, device="cpu", threads=1)
     assert pipeline.landmark_model == "facemesh_468_tflite"
     assert pipeline.providers["facemesh_468_tflite"] == PROVIDER
-    bare_root = tmp_path / "models"
-    bare_root.mkdir()
-    for name in ("retinaface_mnet025.onnx", "facemesh_468.onnx"):
-        if (model_store.root / name).exists():
-            shutil.copyfile(model_store.root / name, bare_root / name)
-    bare = ModelStore(root=bare_root, manifest=model_store.manifest_path)
+    bare = partial_store(model_store, tmp_path / "models",
+                         ("retinaface_mnet025.onnx", "facemesh_468.onnx"))
     assert choose_landmark_model(bare, on_cpu=True) == "facemesh_468"

@@ -19,7 +19,6 @@ from app.pipeline.pipeline import build_pipeline
 from app.pipeline.records import Frame
 from app.pipeline.regions import parse_regions, region_visibility, update_visibility
 from app.runtime.providers import create_session
-from app.runtime.store import ModelStore
 from tests.app_support import FS_DSN_REGIONS, SEVEN_CLASSES, export_resnet18, install_facemesh, make_store
 
 
@@ -65,14 +64,10 @@ def test_landmark_stage_runs_in_the_pipeline(store, astronaut_bgr):
 
 def test_without_the_landmark_model_the_stage_is_skipped_and_says_how_to_get_it(store, tmp_path,
                                                                                  astronaut_bgr):
-    import shutil
+    from tests.app_support import partial_store
 
-    bare_root = tmp_path / "models"
-    bare_root.mkdir()
-    for name in ("retinaface_mnet025.onnx", "retinaface_mnet025.onnx.source.json"):
-        if (store.root / name).exists():
-            shutil.copyfile(store.root / name, bare_root / name)
-    bare = ModelStore(root=bare_root, manifest=store.manifest_path)
+    bare = partial_store(store, tmp_path / "models",
+                         ("retinaface_mnet025.onnx", "retinaface_mnet025.onnx.source.json"))
     pipeline = build_pipeline(bare, device="cpu", threads=1)
     assert pipeline.landmarker is None and "facemesh_468" not in pipeline.providers
     assert "occlufer models fetch facemesh_468" in pipeline.skipped["facemesh_468"]

@@ -18,11 +18,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
-from app.errors import DatasetError, OccluferError
+from app.errors import OccluferError
 from app.runtime.providers import create_session
 from app.runtime.store import ModelStore
+from training.cli import report_results
 from training.data import load_split
 from training.distill import raw_posterior
 from training.evaluate import classification_metrics, model_metadata, occluded_root, predict
@@ -81,19 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N faces of each set")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
-    try:
-        results = score_sets(args.models, args.data_root, args.sets, args.occlusion_dir,
-                             args.limit)
-    except (DatasetError, OccluferError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for column in ("shipped_acc", "raw_acc", "shipped_f1", "raw_f1"):
-        print(f"\n{column}\n" + markdown_table(results, column))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
-
+    return report_results(
+        lambda: score_sets(args.models, args.data_root, args.sets, args.occlusion_dir,
+                           args.limit),
+        lambda results: "\n".join(f"\n{column}\n" + markdown_table(results, column) for column
+                                  in ("shipped_acc", "raw_acc", "shipped_f1", "raw_f1")),
+        args.out)
 
 if __name__ == "__main__":
     sys.exit(main())

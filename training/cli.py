@@ -14,6 +14,24 @@ from pathlib import Path
 
 from app.errors import OccluferError
 
+
+def report_results(compute, render, out: Path | None) -> int:
+    """The tail every measuring command shares (`training.ablation`, `gating_probe`,
+    `foreign_shifts`): a data or model problem as one line and exit 2, the table on stdout,
+    the results as JSON in `out` where asked."""
+    from app.errors import DatasetError
+
+    try:
+        results = compute()
+    except (DatasetError, OccluferError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(results))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    return 0
+
 #: `--occlusion`: none, every occluder kind and camera-degradation set, or `all` (clean plus
 #: the sets a model's card reports: training.occlusion.EVALUATED_SETS)
 OCCLUSION_CHOICES = ("none", "masked", "sunglasses", "objects", "hands", "block_upper",

@@ -26,7 +26,6 @@ argmax, so they compare what a user gets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.errors import DatasetError, OccluferError
+from app.errors import OccluferError
 from app.runtime.providers import create_session
 from training.data import load_split
 from training.evaluate import classification_metrics, model_metadata, predict
@@ -129,6 +128,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from training.ablation import model_path
+    from training.cli import report_results
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model names from the store or .onnx files")
@@ -137,18 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N test faces")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
-    try:
-        results = score([model_path(m) for m in args.models], args.data_root, args.shifts,
-                        args.limit)
-    except (DatasetError, OccluferError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown_table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
-
+    return report_results(lambda: score([model_path(m) for m in args.models], args.data_root,
+                                        args.shifts, args.limit), markdown_table, args.out)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from app.errors import DatasetError, OccluferError
+from app.errors import OccluferError
 from app.pipeline.preprocess import InputSpec, prepare_batch
+from training.cli import report_results
 from training.data import load_split
 from training.evaluate import _occluder_masks, occluded_root
 from training.occlusion.testsets import TEST_SET_KINDS
@@ -172,23 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    try:
+    def compute():
         if args.model:
             from training.ablation import model_path
 
-            checkpoint = model_path(args.model)
-        else:
-            checkpoint = args.checkpoint
-        results = run_probe(checkpoint, args.data_root, args.occlusion_dir, limit=args.limit)
-    except (DatasetError, OccluferError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown_table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
+            return run_probe(model_path(args.model), args.data_root, args.occlusion_dir,
+                             limit=args.limit)
+        return run_probe(args.checkpoint, args.data_root, args.occlusion_dir, limit=args.limit)
 
+    return report_results(compute, markdown_table, args.out)
 
 if __name__ == "__main__":
     sys.exit(main())
