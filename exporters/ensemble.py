@@ -83,6 +83,7 @@ class MemberInfo:
     cam_shape: tuple[int, int] | None
     has_occlusion: bool
     opset: int
+    ir_version: int
     sha256: str
 
     @property
@@ -116,6 +117,7 @@ def read_member(member: Member) -> MemberInfo:
                       logit_bias=bias, temperature=float(posthoc.get("temperature", 1.0)),
                       in_graph_flip=bool(posthoc.get("flip_tta", False)), cam_shape=cam_shape,
                       has_occlusion="occlusion" in outputs, opset=opsets.get("ai.onnx", 0),
+                      ir_version=model.ir_version,
                       sha256=sha256_of(member.path))
 
 
@@ -288,7 +290,7 @@ def build_ensemble(members: Sequence[Member], out: Path, *, logit_bias: Sequence
         outputs, initializer=initializers + b.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", infos[0].opset)],
                               producer_name="occlufer exporters/ensemble.py")
-    model.ir_version = onnx.load(str(infos[0].member.path), load_external_data=False).ir_version
+    model.ir_version = infos[0].ir_version
     posthoc = PostHoc(logit_bias=tuple(float(v) for v in bias_vec), temperature=temperature)
     metadata = {
         "model_name": "ensemble", "entry_name": name, "input": json.dumps(spec),
