@@ -63,9 +63,16 @@ def expression_params(model: DFDNet) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- shapes
 def test_registered_with_recipes():
     assert "dfd_net" in list_models()
-    for name in ("paper", "fast"):
+    for name in ("paper", "fast", "cpu"):
         recipe = get_recipe("dfd_net", name)
         assert 0.0 < recipe.model_cfg["eife_fraction"] < 0.5 and recipe.optimizer == "adamw"
+    fast, cpu = get_recipe("dfd_net", "fast"), get_recipe("dfd_net", "cpu")
+    # both stages tripled: the proxy EIFE keeps its share of the run, the expression stage 42
+    assert cpu.epochs == 3 * fast.epochs == 45
+    assert cpu.model_cfg["eife_fraction"] == pytest.approx(fast.model_cfg["eife_fraction"])
+    assert cpu.epochs * (1 - cpu.model_cfg["eife_fraction"]) == pytest.approx(42)
+    assert cpu.label_mode == "crossentropy" and cpu.posthoc and cpu.augment.degrade.p > 0
+    assert "42 expression epochs" in cpu.description and "3 epochs" in cpu.description
     paper = get_recipe("dfd_net", "paper")
     assert paper.size == 90 and paper.betas == (0.5, 0.999) and paper.cosine_epochs == 100
     assert paper.batch_size == 128 and paper.epochs - 10 == 60 and paper.lr == 5e-4
