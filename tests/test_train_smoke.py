@@ -112,6 +112,26 @@ def test_export_evaluation_card_and_manifest(runs):
     assert entry["input"]["size"] == 48 and entry["input"]["layout"] == "NCHW"
 
 
+def test_a_run_trained_elsewhere_publishes_into_another_store_as_train_would(runs, tmp_path):
+    """`python -m training.publish`: how a run from a clean worktree (`--no-register`) lands in
+    the repository's store: the same entry, file and card as the trainer's own registration."""
+    from training.publish import RunIncompleteError, main, publish_run
+
+    manifest = tmp_path / "assets" / "manifest.json"
+    assert main([str(runs["resumed"]), "--manifest", str(manifest)]) == 0
+    ours = json.loads(manifest.read_text())["models"]["resnet18_fast"]
+    trainers = json.loads(runs["manifest"].read_text())["models"]["resnet18_fast"]
+    assert ours == trainers
+    for key in ("file", "card"):
+        assert (manifest.parent / ours[key]).read_bytes() == \
+            (runs["manifest"].parent / trainers[key]).read_bytes()
+    with pytest.raises(RunIncompleteError, match="not been exported"):
+        publish_run(runs["straight"], manifest=manifest)  # trained, never finalised
+    with pytest.raises(RunIncompleteError, match="not a training run"):
+        publish_run(tmp_path, manifest=manifest)
+    assert main([str(runs["straight"]), "--manifest", str(manifest)]) == 2
+
+
 def test_occlufer_eval_resolves_a_model_name_through_the_manifest(runs, ferplus_root, tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_eval_args(parser)
