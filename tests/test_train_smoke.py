@@ -164,10 +164,14 @@ def test_train_cli_options_map_onto_train(monkeypatch, tmp_path):
     monkeypatch.setattr("training.trainer.train", fake_train)
     parser = argparse.ArgumentParser()
     cli.add_train_args(parser)
-    args = parser.parse_args(["--model", "resnet18", "--data-root", "/data", "--recipe", "paper",
-                              "--epochs", "3", "--resume", "--no-occlusion-aug", "--limit", "50",
-                              "--out", str(tmp_path)])
+    argv = ["--model", "resnet18", "--data-root", "/data", "--recipe", "paper", "--epochs", "3",
+            "--resume", "--no-occlusion-aug", "--limit", "50", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["occlufer", "train", *argv])
+    args = parser.parse_args(argv)
     assert cli.run_train(args) == 0
+    # the card's command makes the file from nothing: the resume is the card's Code line
+    assert seen["kwargs"]["command"] == "occlufer train " + " ".join(
+        a for a in argv if a != "--resume")
     assert seen["args"] == ("resnet18", "ferplus", Path("/data"), "paper", "cpu")
     kwargs = seen["kwargs"]
     assert (kwargs["epochs"], kwargs["resume"], kwargs["occlusion_aug"], kwargs["limit"]) == \

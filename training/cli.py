@@ -104,10 +104,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_line() -> str | None:
-    """The command as typed when it came through `occlufer train`; None lets the trainer
-    write the equivalent command from its arguments."""
+    """The command as typed when it came through `occlufer train`, without `--resume` (the card
+    says where a run resumed; its command is the one that makes the file from nothing); None
+    lets the trainer write the equivalent command from its arguments."""
     if sys.argv[1:2] == ["train"]:
-        return shlex.join(["occlufer", *sys.argv[1:]])
+        return shlex.join(["occlufer", *(a for a in sys.argv[1:] if a != "--resume")])
     return None
 
 
