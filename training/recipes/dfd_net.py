@@ -100,9 +100,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 def _cpu(fast: Recipe) -> Recipe:
-    """`fast` made long and robust. `cpu_recipe` alone would stretch the run but keep the
-    proxy EIFE's 1-in-15 share of it; both stages are tripled instead, so the EIFE gets the same
-    threefold budget as the expression branch."""
+    """`fast` made long and robust. `cpu_recipe` alone would make the whole run 42 epochs, the
+    proxy EIFE's 1-in-15 share included, leaving the expression branch ~39; both stages are
+    tripled instead (3 + 42), so the expression branch gets the 42 epochs every other network's
+    `cpu` recipe gives it and the EIFE the same threefold budget."""
     total = CPU_EIFE_EPOCHS + CPU_EXPRESSION_EPOCHS
     cfg = fast.model_cfg | {"eife_fraction": CPU_EIFE_EPOCHS / total}
     long = cpu_recipe(fast, epochs=total, model_cfg=cfg)
