@@ -43,6 +43,11 @@ def add_publish_args(parser: argparse.ArgumentParser) -> None:
     """Where a finished run lands: every trainer registers its model the same way."""
     parser.add_argument("--no-register", dest="register", action="store_false",
                         help="do not copy the model into assets/ and the manifest")
+    add_manifest_arg(parser)
+
+
+def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
+    """`--manifest`: which store a model lands in (the trainers' and `training.publish`'s)."""
     parser.add_argument("--manifest", type=Path, default=None,
                         help="manifest to register in (default $OCCLUFER_MANIFEST or "
                              "assets/manifest.json)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import OccluferError
+from training.cli import add_manifest_arg
 
 
 class RunIncompleteError(OccluferError):
@@ -78,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the run folder (`occlufer train --out`)")
     parser.add_argument("--name", default=None,
                         help="the run's entry name (default: the one model it exported)")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="manifest to register in (default $OCCLUFER_MANIFEST or "
-                             "assets/manifest.json)")
+    add_manifest_arg(parser)
     args = parser.parse_args(argv)
     try:
         path = publish_run(args.run_dir, args.name, args.manifest)
