@@ -76,53 +76,112 @@ def valid(ferplus_root):
     return load_split("ferplus", ferplus_root, "valid", "majority")
 
 
-def test_recalibrate_fits_folds_cards_and_registers(ferplus_root, valid, tmp_path):
+@pytest.fixture(scope="module")
+def mini(ferplus_root, tmp_path_factory) -> dict[str, Path]:
+    """A FERPlus root with the first rows of validation and test, the validation copies under
+    every occluder and degradation (seed 1, as the command's help says), and two test sets."""
+    from training.occlusion import EVALUATED_SETS, write_test_sets
+
+    base = tmp_path_factory.mktemp("recal")
+    root = base / "ferplus"
+    for folder, rows in (("FER2013Valid", 96), ("FER2013Test", 32)):
+        (root / folder).mkdir(parents=True)
+        lines = (ferplus_root / folder / "label.csv").read_text().splitlines()[:rows]
+        (root / folder / "label.csv").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            name = line.split(",")[0]
+            shutil.copyfile(ferplus_root / folder / name, root / folder / name)
+    write_test_sets(root, base / "valid_sets", EVALUATED_SETS, split="valid", seed=1,
+                    progress=False)
+    write_test_sets(root, base / "test_sets", ("masked", "blur"), split="test", progress=False)
+    return {"root": root, "valid_sets": base / "valid_sets", "test_sets": base / "test_sets"}
+
+
+def weighted_nll(parts: list[tuple[np.ndarray, np.ndarray]], t: float) -> float:
+    """Half the weight on the clean set (first), the other half shared equally by the rest."""
+    def mean_nll(p, y):
+        z = np.log(np.clip(p.astype(np.float64), 1e-30, 1)) / t
+        z -= z.max(1, keepdims=True)
+        return float(-(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())
+    rest = [mean_nll(p, y) for p, y in parts[1:]]
+    return 0.5 * mean_nll(*parts[0]) + 0.5 * float(np.mean(rest))
+
+
+def test_recalibrate_fits_folds_cards_and_registers(mini, tmp_path):
     from app.runtime.store import ModelStore
     from training.evaluate import sha256_file
+    from training.occlusion import EVALUATED_SETS
     from training.recalibrate import recalibrate
 
     manifest = shipped_copy(tmp_path, "resnet18_fast")
     old_file = manifest.parent / "models" / "resnet18_fast.onnx"
     old_sha = sha256_file(old_file)
     shutil.copy(old_file, tmp_path / "original.onnx")
-    before = run(old_file, valid.images[:256])
-    result = recalibrate("resnet18_fast", ferplus_root, out_dir=tmp_path / "run",
-                         manifest=manifest, val_limit=256, test_limit=64,
-                         occlusion_dir=tmp_path / "no_sets", code="test", command="cmd")
+    result = recalibrate("resnet18_fast", mini["root"], mini["valid_sets"], out_dir=tmp_path / "run",
+                         manifest=manifest, occlusion_dir=mini["test_sets"], shifts=["tilt"],
+                         code="test", command="cmd")
 
-    # T is the NLL fit on the same faces' logits (up to a per-face constant: log probs)
-    expected_t = fit_temperature(np.log(np.clip(before["probs"].astype(np.float64), 1e-30, 1)),
-                                 valid.labels[:256])
-    assert result.temperature == pytest.approx(expected_t, rel=1e-6)
-    assert result.temperature != pytest.approx(1.0, abs=0.02)
-    assert result.nll_after <= result.nll_before
+    # the two temperatures are the NLL minima of what they say they are fitted on
+    clean = load_split("ferplus", mini["root"], "valid", "majority", use_cache=False)
+    parts = [(run(tmp_path / "original.onnx", clean.images)["probs"], clean.labels)]
+    for kind in EVALUATED_SETS:
+        data = load_split("ferplus", mini["valid_sets"] / kind, "valid", "majority",
+                          use_cache=False)
+        assert not np.array_equal(data.images, clean.images)  # really occluded / degraded
+        parts.append((run(tmp_path / "original.onnx", data.images)["probs"], data.labels))
+    expected_clean = fit_temperature(np.log(np.clip(parts[0][0].astype(np.float64), 1e-30, 1)),
+                                     parts[0][1])
+    assert result.temperature_clean == pytest.approx(expected_clean, rel=1e-6)
+    t = result.temperature
+    assert weighted_nll(parts, t) <= min(weighted_nll(parts, t * 1.03), weighted_nll(parts, t / 1.03))
+    assert set(result.test) == {"clean", "masked", "blur", "held-out tilt"}
+    assert result.test["clean"]["n"] == len(load_split("ferplus", mini["root"], "test",
+                                                       "majority", use_cache=False).labels)
 
     new_file = manifest.parent / "models" / "resnet18_fast.onnx"
-    faces = load_split("ferplus", ferplus_root, "test", "majority").images[:32]
+    faces = clean.images[:32]
     built, new = run(tmp_path / "run" / "resnet18_fast.onnx", faces), run(new_file, faces)
     original = run(tmp_path / "original.onnx", faces)
     assert np.array_equal(new["probs"], built["probs"])  # the registered file is the built one
     assert np.array_equal(new["cam"], original["cam"])  # only probs may change
     assert np.array_equal(new["probs"].argmax(1), original["probs"].argmax(1))
-    expected = np.exp(np.log(np.clip(original["probs"], 1e-30, 1)) / result.temperature)
+    expected = np.exp(np.log(np.clip(original["probs"], 1e-30, 1)) / t)
     np.testing.assert_allclose(new["probs"], expected / expected.sum(1, keepdims=True), atol=1e-5)
     # distilling from the new file gives what the old one gave
     posthoc = json.loads(ort.InferenceSession(str(new_file)).get_modelmeta()
                          .custom_metadata_map["posthoc"])
-    assert posthoc["temperature"] == pytest.approx(result.temperature)
+    assert posthoc["temperature"] == pytest.approx(t)
     np.testing.assert_allclose(raw_posterior(new["probs"], posthoc), original["probs"], atol=1e-5)
 
     entry = json.loads(manifest.read_text())["models"]["resnet18_fast"]
     assert entry["sha256"] == result.new_sha256 == sha256_file(new_file) != old_sha
     card = (manifest.parent / "cards" / "resnet18_fast.md").read_text()
     assert "## Temperature (fitted after export" in card and old_sha in card
-    assert f"sha256 `{result.new_sha256}`" in card and "| clean |" in card
+    assert f"sha256 `{result.new_sha256}`" in card and "| held-out tilt |" in card
+    assert json.loads((tmp_path / "run" / "resnet18_fast.json").read_text())["temperature"] == t
     store = ModelStore(root=tmp_path / "home", manifest=manifest)
     assert store.fetch("resnet18_fast").is_file()  # the store accepts the new sha256
 
     with pytest.raises(OccluferError, match="already has a temperature"):
-        recalibrate("resnet18_fast", ferplus_root, out_dir=tmp_path / "again", manifest=manifest,
-                    val_limit=32, test_limit=8, occlusion_dir=tmp_path / "no_sets")
+        recalibrate("resnet18_fast", mini["root"], mini["valid_sets"], out_dir=tmp_path / "again",
+                    manifest=manifest, occlusion_dir=mini["test_sets"])
+    # a calibrated file can still be measured, and nothing is written for it
+    measured = recalibrate("resnet18_fast", mini["root"], mini["valid_sets"],
+                           out_dir=tmp_path / "measure", manifest=manifest,
+                           occlusion_dir=mini["test_sets"], shifts=[], measure_only=True)
+    assert measured.temperature_before == pytest.approx(t)
+    assert measured.temperature == pytest.approx(t, rel=1e-3)  # the same fit from its logits
+    assert sha256_file(new_file) == result.new_sha256 and measured.path is None
+
+
+def test_missing_validation_copies_say_how_to_build_them(mini, tmp_path):
+    from app.errors import DatasetError
+    from training.recalibrate import recalibrate
+
+    manifest = shipped_copy(tmp_path, "resnet18_fast")
+    with pytest.raises(DatasetError, match="--split valid --seed 1"):
+        recalibrate("resnet18_fast", mini["root"], tmp_path / "none", out_dir=tmp_path / "run",
+                    manifest=manifest, occlusion_dir=mini["test_sets"])
 
 
 def test_a_trained_model_with_its_own_post_hoc_step_is_refused():
@@ -169,14 +228,14 @@ def test_the_verification_catches_a_changed_output(tmp_path, valid):
         verify_temperature(source, bad, 1.25, feeds)
 
 
-def test_orsanet_is_fitted_on_the_priors_the_app_gives_it(ferplus_root, tmp_path):
+def test_orsanet_is_fitted_on_the_priors_the_app_gives_it(mini, tmp_path):
     """The prior-guided model goes through the same command with runtime priors."""
     from training.recalibrate import recalibrate
 
     manifest = shipped_copy(tmp_path, "orsanet_fast")
-    result = recalibrate("orsanet_fast", ferplus_root, out_dir=tmp_path / "run",
-                         manifest=manifest, val_limit=64, test_limit=16,
-                         occlusion_dir=tmp_path / "no_sets", code="test", command="cmd")
-    assert result.temperature > 0 and result.reports["clean"]["n"] == 16
+    result = recalibrate("orsanet_fast", mini["root"], mini["valid_sets"], out_dir=tmp_path / "run",
+                         manifest=manifest, occlusion_dir=mini["test_sets"], shifts=[],
+                         code="test", command="cmd")
+    assert result.temperature > 0 and set(result.test) == {"clean", "masked", "blur"}
     meta = ort.InferenceSession(str(result.path)).get_modelmeta().custom_metadata_map
     assert json.loads(meta["posthoc"])["temperature"] == pytest.approx(result.temperature)

@@ -54,29 +54,40 @@ def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     return float(np.mean(scores) * 100.0) if scores else 0.0
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+        weights: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of `labels` under softmax(logits / T); `weights` per face
+    (normalised here) let several sets count equally whatever their sizes."""
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+    picked = -log_probs[np.arange(len(labels)), labels]
+    if weights is None:
+        return float(picked.mean())
+    return float(np.sum(picked * weights) / np.sum(weights))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 minimising NLL: golden-section search on log T in [log 0.2, log 10]
-    (NLL is unimodal in T for fixed logits)."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    weights: np.ndarray | None = None) -> float:
+    """The T > 0 minimising (weighted) NLL: golden-section search on log T in
+    [log 0.2, log 10] (NLL is unimodal in T for fixed logits)."""
     lo, hi = np.log(0.2), np.log(10.0)
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
+
+    def loss(log_t: float) -> float:
+        return nll(logits, labels, float(np.exp(log_t)), weights)
+
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
+    fa, fb = loss(a), loss(b)
     for _ in range(60):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = nll(logits, labels, np.exp(a))
+            fa = loss(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = nll(logits, labels, np.exp(b))
+            fb = loss(b)
     return float(np.exp((lo + hi) / 2.0))
 
 
