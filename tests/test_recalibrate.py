@@ -23,7 +23,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def without_temperature(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The file as it was first shipped: the folded temperature (if any) taken out again."""
+    """The file as it was shipped before recalibration: the folded divisor (if any) taken out
+    again, and the temperature its training fitted (if any) back in the metadata."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     divide = [n for n in model.graph.node if n.name == "posthoc_temperature_div"]
     if divide:
@@ -34,9 +35,14 @@ def without_temperature(model: onnx.ModelProto) -> onnx.ModelProto:
         kept = [t for t in model.graph.initializer if t.name != "posthoc_temperature"]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
+        posthoc = next(json.loads(p.value) for p in model.metadata_props if p.key == "posthoc")
         kept_meta = [p for p in model.metadata_props if p.key != "posthoc"]
         del model.metadata_props[:]
         model.metadata_props.extend(kept_meta)
+        if "trained_temperature" in posthoc:
+            posthoc["temperature"] = posthoc.pop("trained_temperature")
+            model.metadata_props.append(onnx.StringStringEntryProto(
+                key="posthoc", value=json.dumps(posthoc)))
     return model
 
 
@@ -162,7 +168,7 @@ def test_recalibrate_fits_folds_cards_and_registers(mini, tmp_path):
     store = ModelStore(root=tmp_path / "home", manifest=manifest)
     assert store.fetch("resnet18_fast").is_file()  # the store accepts the new sha256
 
-    with pytest.raises(OccluferError, match="already has a temperature"):
+    with pytest.raises(OccluferError, match="--refit replaces it"):
         recalibrate("resnet18_fast", mini["root"], mini["valid_sets"], out_dir=tmp_path / "again",
                     manifest=manifest, occlusion_dir=mini["test_sets"])
     # a calibrated file can still be measured, and nothing is written for it
@@ -239,3 +245,44 @@ def test_orsanet_is_fitted_on_the_priors_the_app_gives_it(mini, tmp_path):
     assert result.temperature > 0 and set(result.test) == {"clean", "masked", "blur"}
     meta = ort.InferenceSession(str(result.path)).get_modelmeta().custom_metadata_map
     assert json.loads(meta["posthoc"])["temperature"] == pytest.approx(result.temperature)
+
+
+def test_refit_replaces_a_trained_temperature_and_keeps_the_logit_adjustment(mini, tmp_path):
+    """A model calibrated at training time (logit bias + clean-fit T) gets the shift fit in
+    place of its T: same arg-max, its bias kept, its trained T recorded, nothing else moved."""
+    from training.recalibrate import recalibrate
+
+    manifest = shipped_copy(tmp_path, "resnet18_cpu")
+    source = manifest.parent / "models" / "resnet18_cpu.onnx"
+    shutil.copy(source, tmp_path / "original.onnx")
+    before = json.loads(ort.InferenceSession(str(source)).get_modelmeta()
+                        .custom_metadata_map["posthoc"])
+    assert before["temperature"] != 1.0 and any(before["logit_bias"])
+    with pytest.raises(OccluferError, match="--refit"):
+        recalibrate("resnet18_cpu", mini["root"], mini["valid_sets"], out_dir=tmp_path / "no",
+                    manifest=manifest, occlusion_dir=mini["test_sets"], shifts=[])
+    result = recalibrate("resnet18_cpu", mini["root"], mini["valid_sets"], out_dir=tmp_path / "run",
+                         manifest=manifest, occlusion_dir=mini["test_sets"], shifts=[],
+                         refit=True, code="test", command="cmd")
+    after = json.loads(ort.InferenceSession(str(source)).get_modelmeta()
+                       .custom_metadata_map["posthoc"])
+    assert after["logit_bias"] == before["logit_bias"] and after["flip_tta"] == before["flip_tta"]
+    assert after["trained_temperature"] == before["temperature"]
+    assert after["temperature"] == pytest.approx(result.temperature)
+    assert result.temperature_before == before["temperature"]
+    faces = load_split("ferplus", mini["root"], "test", "majority", use_cache=False).images
+    old, new = run(tmp_path / "original.onnx", faces), run(source, faces)
+    assert np.array_equal(new["probs"].argmax(1), old["probs"].argmax(1))
+    z = np.log(np.clip(old["probs"], 1e-30, 1)) * before["temperature"] / result.temperature
+    expected = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(new["probs"], expected / expected.sum(1, keepdims=True), atol=1e-5)
+    # the teacher's view (post-hoc undone) is the same file's network either way
+    np.testing.assert_allclose(raw_posterior(new["probs"], after),
+                               raw_posterior(old["probs"], before), atol=1e-5)
+    card = (manifest.parent / "cards" / "resnet18_cpu.md").read_text()
+    assert f"shipped with T = {before['temperature']:.4f}" in card
+    # a second refit scales the divisor already in place instead of stacking another
+    model = with_temperature(onnx.load(str(source)), 0.9, refit=True)
+    assert sum(n.name == "posthoc_temperature_div" for n in model.graph.node) == 1
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["posthoc"])["trained_temperature"] == before["temperature"]

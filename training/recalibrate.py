@@ -24,7 +24,9 @@ held-out image changes of `training.foreign_shifts`, which no generator draws.
 Only a temperature, no logit adjustment: a temperature changes no arg-max, so every accuracy a
 card and BENCHMARKS.md report for these files stays true. A prior-guided model (ORSANet) is fed
 the priors the app gives it (`runtime`). `--measure-only` scores any model, one already
-calibrated included (its logits read as T_old * log p), without writing anything.
+calibrated included (its logits read as T_old * log p), without writing anything; `--refit`
+replaces the temperature of a model that was calibrated when it was trained (on clean
+FER2013Valid, before this rule) by this fit, keeping its logit adjustment.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def shift_weights(sizes: Sequence[int]) -> np.ndarray:
 
 def recalibrate(name: str, data_root: Path, valid_sets: Path, *, out_dir: Path,
                 manifest: Path | None = None, register: bool = True,
-                measure_only: bool = False, occlusion_dir: Path | None = None,
+                measure_only: bool = False, refit: bool = False, occlusion_dir: Path | None = None,
                 shifts: Sequence[str] | None = None, val_limit: int | None = None,
                 test_limit: int | None = None, code: str | None = None,
                 command: str | None = None) -> Recalibration:
@@ -146,10 +148,10 @@ def recalibrate(name: str, data_root: Path, valid_sets: Path, *, out_dir: Path,
 
     source = resolve_model_file(name, manifest)
     posthoc = existing_posthoc(onnx.load(str(source), load_external_data=False))
-    if is_calibrated(posthoc) and not measure_only:
+    if is_calibrated(posthoc) and not (measure_only or refit):
         raise OccluferError(f"{name} already has a temperature {posthoc.get('temperature')} "
-                            "(fitted when it was trained); nothing to recalibrate "
-                            "(--measure-only scores it)")
+                            "(fitted when it was trained); --refit replaces it by this fit, "
+                            "--measure-only scores it")
     t_before = float(posthoc.get("temperature", 1.0))
     session = create_session(source, "cpu")
     spec, classes, _ = model_metadata(session)
@@ -201,12 +203,13 @@ def recalibrate(name: str, data_root: Path, valid_sets: Path, *, out_dir: Path,
                                        dataset="ferplus", split="valid", names=[],
                                        clean_root=Path("."), occluded_root_dir=None)
             verify.update({k: np.asarray(v, dtypes[k]) for k, v in (priors or {}).items()})
-        result.path = add_temperature(source, out_dir / f"{name}.onnx", t_shift, verify)
+        result.path = add_temperature(source, out_dir / f"{name}.onnx", t_shift, verify,
+                                      refit=refit)
         result.new_sha256 = sha256_file(result.path)
     (out_dir / f"{name}.json").write_text(json.dumps(result.to_json(), indent=1))
     if register and not measure_only:
         register_recalibrated(result, manifest, code=code or git_commit(),
-                              command=command or default_command([name]))
+                              command=command or default_command([name], refit))
     return result
 
 
@@ -220,9 +223,9 @@ def _exists(data_root: Path, kind: str, occlusion_dir: Path | None) -> bool:
     return True
 
 
-def default_command(names: Sequence[str]) -> str:
+def default_command(names: Sequence[str], refit: bool = False) -> str:
     return (f"python -m training.recalibrate {' '.join(names)} --data-root DATA_ROOT "
-            "--valid-sets VALID_SETS")
+            f"--valid-sets VALID_SETS{' --refit' if refit else ''}")
 
 
 def worst(result: Recalibration, key: str, held_out: bool) -> tuple[str, float]:
@@ -242,20 +245,25 @@ def card_section(result: Recalibration, *, code: str, command: str) -> list[str]
         "",
         "## Temperature (fitted after export; issue 14)",
         "",
-        f"This file was first shipped without a post-hoc step (sha256 `{result.old_sha256}`). "
-        f"`exporters/temperature.py` folded a temperature T = {result.temperature:.4f} into its "
-        "graph (`probs = softmax(logits / T)`), fitted by NLL on FER2013Valid clean (half the "
-        "weight) and its copies under occlufer's occluders and camera degradations (the other "
-        "half), as `training/recalibrate.py` explains. No arg-max changes, so the accuracies "
-        "above still hold; only how sure `probs` are. The CAM and every other output are "
-        "unchanged, and `training.distill.raw_posterior` undoes T, so distilling from this file "
-        "gives the targets the earlier file gave.",
+        (f"This file was first shipped without a post-hoc step (sha256 `{result.old_sha256}`). "
+         if result.temperature_before == 1.0 else
+         f"This file was shipped with T = {result.temperature_before:.4f}, fitted on clean "
+         f"FER2013Valid when it was trained (sha256 `{result.old_sha256}`); that temperature "
+         "is replaced here (its logit adjustment is kept). ")
+        + f"`exporters/temperature.py` folded a temperature T = {result.temperature:.4f} into its "
+        "graph (`probs = softmax((logits + b) / T)`), fitted by NLL on FER2013Valid clean (half "
+        "the weight) and its copies under occlufer's occluders and camera degradations (the "
+        "other half), as `training/recalibrate.py` explains. No arg-max changes, so the "
+        "accuracies above still hold; only how sure `probs` are. The CAM and every other output "
+        "are unchanged, and `training.distill.raw_posterior` undoes T, so distilling from this "
+        "file gives the targets the earlier file gave.",
         "",
         f"The alternative, T = {result.temperature_clean:.4f} fitted on clean FER2013Valid "
         "alone, is shown beside it: it is the better fit for clean faces and the worse one "
         "for hidden or degraded ones.",
         "",
-        "| FER2013Valid | ECE as first shipped (T = 1) | ECE, clean fit | ECE, shipped fit |",
+        f"| FER2013Valid | ECE before (T = {result.temperature_before:.3g}) | ECE, clean fit | "
+        "ECE, shipped fit |",
         "|---|---|---|---|",
         f"| clean | {v['clean']['ece_shipped']:.2f} % | {v['clean']['ece_clean_fit']:.2f} % | "
         f"{v['clean']['ece_shift_fit']:.2f} % |",
@@ -265,7 +273,7 @@ def card_section(result: Recalibration, *, code: str, command: str) -> list[str]
         "FERPlus test (n = 3,137 each; the `held-out` rows are `training.foreign_shifts`' image "
         "changes, which no occlufer generator draws):",
         "",
-        "| test set | accuracy | ECE as first shipped | ECE, clean fit | ECE, shipped fit |",
+        "| test set | accuracy | ECE before | ECE, clean fit | ECE, shipped fit |",
         "|---|---|---|---|---|",
     ]
     for label, row in result.test.items():
@@ -328,18 +336,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs") / "recalibrate")
     parser.add_argument("--measure-only", action="store_true",
                         help="score both fits without writing a file (any model)")
+    parser.add_argument("--refit", action="store_true",
+                        help="replace the temperature of a model calibrated at training time")
     parser.add_argument("--no-register", action="store_true")
     add_manifest_arg(parser)
     args = parser.parse_args(argv)
     from training.trainer import git_commit
 
-    code, command = git_commit(), default_command(args.models)
+    code, command = git_commit(), default_command(args.models, args.refit)
     started = time.perf_counter()
     try:
         for name in args.models:
             result = recalibrate(name, args.data_root, args.valid_sets, out_dir=args.out,
                                  manifest=args.manifest, register=not args.no_register,
-                                 measure_only=args.measure_only,
+                                 measure_only=args.measure_only, refit=args.refit,
                                  occlusion_dir=args.occlusion_dir, code=code, command=command)
             print(json.dumps(summary_line(result)), flush=True)
     except (DatasetError, OccluferError, TemperatureError) as exc:
