@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from app.errors import OccluferError
+from app.errors import DatasetError, OccluferError
 from app.pipeline.preprocess import InputSpec, prepare_batch
 from exporters.temperature import TemperatureError, add_temperature, with_temperature
 from training.calibration import fit_temperature
@@ -180,14 +180,18 @@ def test_recalibrate_fits_folds_cards_and_registers(mini, tmp_path):
     assert sha256_file(new_file) == result.new_sha256 and measured.path is None
 
 
-def test_missing_validation_copies_say_how_to_build_them(mini, tmp_path):
-    from app.errors import DatasetError
-    from training.recalibrate import recalibrate
+def test_missing_validation_copies_are_built_as_the_help_says(mini, tmp_path):
+    """The copies the fit needs are built where missing, the same draw (seed 1) as
+    `python -m training.occlusion --split valid --seed 1` gives."""
+    from training.evaluate import valid_copies
 
-    manifest = shipped_copy(tmp_path, "resnet18_fast")
+    built = dict(valid_copies(mini["root"], tmp_path / "copies"))
+    name = sorted((mini["root"] / "FER2013Valid").glob("*.png"))[0].name
+    for kind in ("masked", "degraded"):
+        ours = (built[kind] / "FER2013Valid" / name).read_bytes()
+        assert ours == (mini["valid_sets"] / kind / "FER2013Valid" / name).read_bytes()
     with pytest.raises(DatasetError, match="--split valid --seed 1"):
-        recalibrate("resnet18_fast", mini["root"], tmp_path / "none", out_dir=tmp_path / "run",
-                    manifest=manifest, occlusion_dir=mini["test_sets"])
+        valid_copies(mini["root"], tmp_path / "none", build=False)
 
 
 def test_a_trained_model_with_its_own_post_hoc_step_is_refused():

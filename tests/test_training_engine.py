@@ -248,3 +248,44 @@ def test_the_export_carries_the_posthoc_step_and_mirror_averaging_is_symmetric(t
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["posthoc"]) == {"logit_bias": list(bias), "temperature": 1.7,
                                            "flip_tta": True}
+
+
+def test_the_trainer_fits_its_temperature_on_clean_and_shifted_validation(ferplus_root, tmp_path):
+    """The temperature a trained model ships with is the NLL minimum over its clean validation
+    faces (half the weight) and their occluded/degraded copies (the other half), the copies
+    being the validation faces themselves, in order, with their labels."""
+    from models import create_model
+    from training.calibration import shift_weights
+    from training.evaluate import VALID_COPIES_SEED
+    from training.occlusion import EVALUATED_SETS
+    from training.trainer import choose_posthoc, shifted_validation, wrapper_logits
+
+    split = load_split("ferplus", ferplus_root, "valid", "majority")
+    valid = SplitArrays(split.images[:48], split.labels[:48], None, split.classes,
+                        "ferplus valid", list(split.names)[:48])
+    shifted = shifted_validation("ferplus", ferplus_root, valid)
+    assert [k for k, _, _ in shifted] == list(EVALUATED_SETS) and VALID_COPIES_SEED == 1
+    for kind, images, labels in shifted:
+        assert images.shape == valid.images.shape and np.array_equal(labels, valid.labels)
+        assert not np.array_equal(images, valid.images), kind
+    assert shifted_validation("ferplus", ferplus_root, replace(valid, source="ferplus train "
+                                                               "(held-out 10%)")) == []
+
+    torch.manual_seed(0)
+    net = create_model("resnet18", num_classes=8, small_input=True, stem_stride=2, width=8).eval()
+    recipe = replace(TINY, flip_tta="off")
+    prior = np.full(8, 1 / 8)
+    posthoc, calibration, _ = choose_posthoc(net, valid, SPEC, recipe, prior, CLASSES, shifted)
+    assert calibration.tau == 0.0 or calibration.tau > 0  # chosen on the clean faces alone
+    parts = [wrapper_logits(net, valid.images, SPEC, flip=False)] + [
+        wrapper_logits(net, images, SPEC, flip=False) for _, images, _ in shifted]
+    adjusted = [z - calibration.tau * np.log(prior) for z in parts]
+    z, y = np.concatenate(adjusted), np.concatenate([valid.labels] * len(parts))
+    w = shift_weights([len(valid.labels)] * len(parts))
+    t = calibration.temperature
+    assert posthoc.temperature == t
+    assert nll(z, y, t, w) <= min(nll(z, y, t * 1.02, w), nll(z, y, t / 1.02, w)) + 1e-12
+    assert calibration.valid["shifted"]["sets"] == len(EVALUATED_SETS)
+    assert calibration.valid["shifted"]["n"] == len(EVALUATED_SETS) * len(valid.labels)
+    clean_only = fit_calibration(parts[0], valid.labels, prior, CLASSES, "p")
+    assert "shifted" not in clean_only.valid

@@ -34,7 +34,8 @@ from exporters.ensemble import EnsembleError, Member, build_ensemble, read_membe
 from training.calibration import class_prior, fit_calibration
 from training.data import load_split
 from training.distill import raw_posterior
-from training.evaluate import evaluate, model_metadata, occluded_root, predict, sha256_file
+from training.evaluate import (evaluate, model_metadata, occluded_root, predict, sha256_file,
+                               shifted_valid_images)
 
 MIRROR_CHOICES = ("auto", "on", "off")
 
@@ -97,7 +98,8 @@ def single_face_ms(path: Path, spec: InputSpec, repeats: int = 200) -> float:
 def make_ensemble(name: str, members: Sequence[str], data_root: Path, *, out_dir: Path,
                   mirror: str = "auto", manifest: Path | None = None, register: bool = True,
                   occlusion_dir: Path | None = None, val_limit: int | None = None,
-                  test_limit: int | None = None, command: str | None = None) -> Path:
+                  test_limit: int | None = None, command: str | None = None,
+                  valid_sets: Path | None = None) -> Path:
     """Fit, build, verify, score, card and (optionally) register the ensemble; returns its file."""
     from training.cli import resolve_model_file
     from training.occlusion import EVALUATED_SETS
@@ -127,9 +129,16 @@ def make_ensemble(name: str, members: Sequence[str], data_root: Path, *, out_dir
     spec = InputSpec.from_manifest(infos[0].spec)
     probs = predict(create_session(plain_path, "cpu"), valid.images, spec, desc="ensemble valid")
     prior = class_prior(train.soft_labels, train.labels, len(classes))
+    shifted = []
+    names = list(valid.names)[:len(valid.labels)]
+    for kind, images in shifted_valid_images(data_root, names, valid_sets):
+        shifted_probs = predict(create_session(plain_path, "cpu"), images, spec,
+                                desc=f"ensemble valid {kind}")
+        shifted.append((np.log(np.clip(shifted_probs, 1e-12, 1.0)), valid.labels))
     calibration = fit_calibration(np.log(np.clip(probs, 1e-12, 1.0)), valid.labels, prior,
                                   tuple(classes), prior_source="mean training target "
-                                  "(crossentropy: the FERPlus vote distributions)")
+                                  "(crossentropy: the FERPlus vote distributions)",
+                                  shifted=shifted)
     plain_path.unlink()
     final = build_ensemble(chosen, out_dir / f"{name}.onnx", logit_bias=calibration.logit_bias,
                            temperature=calibration.temperature, name=name,
@@ -250,7 +259,8 @@ def write_ensemble_card(path: Path, *, name: str, final: Path, chosen: Sequence[
         f"- Command: `{command}`",
         f"- Code: git commit {code}",
         "- Data: FERPlus at `../shared/data/ferplus` (DATA_ROOT): FER2013Valid (majority "
-        "protocol) for the mirror choice, logit adjustment and temperature; the training "
+        "protocol) for the mirror choice, logit adjustment and temperature (with its "
+        "occluded and degraded copies for the temperature); the training "
         "split only for the class prior (mean vote distribution); test sets only scored.",
         f"- Hardware: {cpu_name()}; wall time {wall_minutes:.1f} min (no training: the "
         "members were trained as their own cards say).",
@@ -277,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mirror image per member: auto = when it gains >= 0.5 points")
     parser.add_argument("--out", type=Path, default=None, help="default runs/<name>")
     parser.add_argument("--occlusion-dir", type=Path, default=None)
+    parser.add_argument("--valid-sets", type=Path, default=None,
+                        help="validation copies for the temperature (built when missing)")
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--manifest", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -284,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = make_ensemble(args.name, args.members, args.data_root,
                               out_dir=args.out or Path("runs") / args.name, mirror=args.mirror,
                               manifest=args.manifest, register=not args.no_register,
-                              occlusion_dir=args.occlusion_dir)
+                              occlusion_dir=args.occlusion_dir, valid_sets=args.valid_sets)
     except (DatasetError, OccluferError, EnsembleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

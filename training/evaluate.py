@@ -68,6 +68,54 @@ def model_metadata(session) -> tuple[InputSpec, tuple[str, ...], dict[str, str]]
     return spec, tuple(json.loads(meta["classes"])), meta
 
 
+#: seed of the validation copies temperatures are fitted on (the test sets are drawn with 0)
+VALID_COPIES_SEED = 1
+
+
+def default_valid_copies_dir() -> Path:
+    """Beside the test sets: `.../occlusion_sets_valid`."""
+    return default_occlusion_dir().with_name("occlusion_sets_valid")
+
+
+def valid_copies(ferplus_root: Path, out_dir: Path | None = None, build: bool = True,
+                 names: Sequence[str] | None = None) -> list[tuple[str, Path]]:
+    """(kind, FERPlus root) of FER2013Valid under each occluder and camera degradation the
+    test sets have, with the images of `names` (default: the whole split) built where missing
+    (seed `VALID_COPIES_SEED`; about 5 min on 2 cores for the whole split). What
+    `training.calibration` fits a temperature on beside the clean faces."""
+    from training.data.ferplus import SPLIT_FOLDERS, read_votes
+    from training.occlusion import EVALUATED_SETS, write_test_sets
+
+    base = Path(out_dir) if out_dir else default_valid_copies_dir()
+    folder = SPLIT_FOLDERS["valid"]
+    if names is None:
+        names = read_votes(Path(ferplus_root), "valid")[0]
+    for kind in EVALUATED_SETS:
+        missing = [n for n in names if not (base / kind / folder / n).is_file()]
+        if not missing:
+            continue
+        if not build:
+            raise DatasetError(f"the validation copy {kind} is not (completely) in {base}; "
+                               f"build the copies with `python -m training.occlusion --data-root "
+                               f"{ferplus_root} --split valid --seed {VALID_COPIES_SEED} "
+                               f"--out {base}`")
+        write_test_sets(Path(ferplus_root), base, [kind], split="valid", seed=VALID_COPIES_SEED,
+                        only=missing, progress=len(missing) > 500)
+    return [(k, base / k) for k in EVALUATED_SETS]
+
+
+def shifted_valid_images(ferplus_root: Path, names: Sequence[str], out_dir: Path | None = None
+                         ) -> list[tuple[str, np.ndarray]]:
+    """(kind, uint8 gray faces in `names` order) of the validation copies (`valid_copies`),
+    built where missing; their labels are the clean faces' labels."""
+    from training.data.base import FileImage
+    from training.data.ferplus import SPLIT_FOLDERS
+
+    folder = SPLIT_FOLDERS["valid"]
+    return [(kind, np.stack([FileImage(root / folder / n).read(gray=True) for n in names]))
+            for kind, root in valid_copies(ferplus_root, out_dir, names=names)]
+
+
 def occluded_set_ready(kind_root: Path, split_folder: str) -> bool:
     """True when every image listed in the set's label.csv has been written (a build that
     was killed halfway leaves fewer PNGs than label rows and is built again)."""

@@ -44,16 +44,15 @@ import numpy as np
 
 from app.errors import DatasetError, OccluferError
 from exporters.temperature import TemperatureError, add_temperature, existing_posthoc, is_calibrated
-from training.calibration import expected_calibration_error, fit_temperature, nll, softmax
+from training.calibration import (expected_calibration_error, fit_temperature, nll, shift_weights,
+                                  softmax)
 from training.cli import add_manifest_arg, resolve_model_file
 from training.data.classes import EMOTIONS8
 
 VERIFY_FACES = 64
-#: how the validation copies for the fit are built (a seed of their own, not the test sets')
+#: how the validation copies for the fit are built (`training.evaluate.valid_copies`)
 VALID_SETS_COMMAND = ("python -m training.occlusion --data-root DATA_ROOT --split valid "
                       "--seed 1 --out VALID_SETS")
-#: share of the fit's weight on clean faces; the rest is split equally over the shifted kinds
-CLEAN_WEIGHT = 0.5
 
 
 @dataclass
@@ -86,24 +85,24 @@ class Recalibration:
 
 def split_sets(data_root: Path, split: str, kinds: Sequence[str], sets_dir: Path | None,
                limit: int | None) -> list[LabeledSet]:
-    """The clean split and its copies under `kinds` (every copy must exist; the error says how
-    to build a missing one)."""
+    """The clean split and its copies under `kinds`: for validation, built where missing
+    (`training.evaluate.shifted_valid_images`); for test, every copy must exist."""
     from training.data import load_split
-    from training.evaluate import occluded_root
+    from training.evaluate import occluded_root, shifted_valid_images
 
-    roots = {"clean": Path(data_root)}
+    data = load_split("ferplus", data_root, split, "majority", progress=False)
+    clean = LabeledSet("clean", data.images[:limit], data.labels[:limit], list(data.names)[:limit])
+    sets = [clean]
+    if split == "valid":
+        sets += [LabeledSet(kind, images, clean.labels, clean.names)
+                 for kind, images in shifted_valid_images(data_root, clean.names, sets_dir)
+                 if kind in kinds]
+        return sets
     for kind in kinds:
-        try:
-            roots[kind] = occluded_root(data_root, kind, split, sets_dir, build=False)
-        except DatasetError as exc:
-            hint = VALID_SETS_COMMAND if split == "valid" else "python -m training.occlusion " \
-                "--data-root DATA_ROOT --out DIR"
-            raise DatasetError(f"{exc}; build the {split} copies with `{hint}`") from None
-    sets = []
-    for name, root in roots.items():
-        data = load_split("ferplus", root, split, "majority", progress=False)
-        sets.append(LabeledSet(name, data.images[:limit], data.labels[:limit],
-                               list(data.names)[:limit]))
+        copy = load_split("ferplus", occluded_root(data_root, kind, split, sets_dir, build=False),
+                          split, "majority", progress=False)
+        sets.append(LabeledSet(kind, copy.images[:limit], copy.labels[:limit],
+                               list(copy.names)[:limit]))
     return sets
 
 
@@ -122,13 +121,7 @@ def set_logits(session, spec, temperature_before: float, images: np.ndarray, des
     return temperature_before * np.log(np.clip(probs.astype(np.float64), 1e-30, 1.0))
 
 
-def shift_weights(sizes: Sequence[int]) -> np.ndarray:
-    """Per-face weights: `CLEAN_WEIGHT` on the first (clean) set, the rest equally per set."""
-    shares = [CLEAN_WEIGHT] + [(1.0 - CLEAN_WEIGHT) / (len(sizes) - 1)] * (len(sizes) - 1)
-    return np.concatenate([np.full(n, share / n) for n, share in zip(sizes, shares)])
-
-
-def recalibrate(name: str, data_root: Path, valid_sets: Path, *, out_dir: Path,
+def recalibrate(name: str, data_root: Path, valid_sets: Path | None, *, out_dir: Path,
                 manifest: Path | None = None, register: bool = True,
                 measure_only: bool = False, refit: bool = False, occlusion_dir: Path | None = None,
                 shifts: Sequence[str] | None = None, val_limit: int | None = None,
@@ -329,8 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="shipped expression models without a temperature")
     parser.add_argument("--data-root", type=Path, required=True, help="FERPlus root")
-    parser.add_argument("--valid-sets", type=Path, required=True,
-                        help=f"the validation copies to fit on, built by `{VALID_SETS_COMMAND}`")
+    parser.add_argument("--valid-sets", type=Path, default=None,
+                        help="the validation copies to fit on (built there when missing, as "
+                             f"`{VALID_SETS_COMMAND}` does; default: beside the test sets)")
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="the test sets (default: the store's occlusion_sets)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "recalibrate")

@@ -747,11 +747,28 @@ def wrapper_logits(model: nn.Module, images: np.ndarray, spec: InputSpec, flip: 
     return np.concatenate(chunks)
 
 
+def shifted_validation(dataset: str, data_root: Path, valid: SplitArrays
+                       ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(kind, images, labels) of the validation faces under each occluder and camera
+    degradation, in `valid`'s order, for the temperature fit (`training.calibration`);
+    built once where missing (`training.evaluate.valid_copies`). Only FERPlus has them: a
+    data set without its own validation split (a held-out slice of train) gets none, and
+    its temperature is fitted on clean faces alone."""
+    from training.evaluate import shifted_valid_images
+
+    if dataset != "ferplus" or not valid.source.endswith(" valid") or not valid.names:
+        return []
+    return [(kind, images, valid.labels)
+            for kind, images in shifted_valid_images(data_root, valid.names)]
+
+
 def choose_posthoc(model: nn.Module, valid: SplitArrays, spec: InputSpec, recipe: Recipe,
-                   prior: np.ndarray | None, classes: tuple[str, ...]):
+                   prior: np.ndarray | None, classes: tuple[str, ...],
+                   shifted: Sequence[tuple[str, np.ndarray, np.ndarray]] = ()):
     """The export's post-hoc step (`exporters.classifier.PostHoc`) and what chose it:
     mirror averaging if the recipe allows it and it pays on validation, then the logit
-    adjustment and temperature fitted on validation (`training.calibration`)."""
+    adjustment (on the clean faces) and the temperature (on them and their `shifted`
+    copies) fitted on validation (`training.calibration`)."""
     from exporters.classifier import PostHoc
     from training.calibration import fit_calibration
 
@@ -776,8 +793,11 @@ def choose_posthoc(model: nn.Module, valid: SplitArrays, spec: InputSpec, recipe
         return PostHoc(flip_tta=flip), None, tta
     if prior is None:
         prior = np.full(len(classes), 1.0 / len(classes))
+    shifted_logits = [(wrapper_logits(model, images, spec, flip=flip), labels)
+                      for _, images, labels in shifted]
     calibration = fit_calibration(plain, valid.labels, prior, classes,
-                                  prior_source=f"mean training target ({recipe.label_mode})")
+                                  prior_source=f"mean training target ({recipe.label_mode})",
+                                  shifted=shifted_logits)
     before, after = calibration.valid["before"], calibration.valid["after"]
     tqdm.write(f"post-hoc on FER2013Valid: tau {calibration.tau:.2f}, T "
                f"{calibration.temperature:.3f}; accuracy {before['accuracy']:.2f} -> "
@@ -808,7 +828,9 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     model, checkpoint = load_checkpoint_model(best_path)
     spec = InputSpec.from_manifest(checkpoint["input_spec"])
     classes = tuple(checkpoint["classes"])
-    posthoc, calibration, tta = choose_posthoc(model, valid, spec, recipe, prior, classes)
+    shifted = shifted_validation(dataset, data_root, valid) if recipe.posthoc else []
+    posthoc, calibration, tta = choose_posthoc(model, valid, spec, recipe, prior, classes,
+                                               shifted)
     verify_n = min(256, len(valid))
     verify = dict(model_name=checkpoint["model_name"], source_checkpoint=best_path,
                   verify_images=list(valid.images[:verify_n]),
@@ -1045,8 +1067,14 @@ def posthoc_lines(calibration, tta: dict[str, Any] | None) -> list[str]:
             f" / {calibration.temperature:.3f})`, both fitted on FER2013Valid "
             f"(n = {calibration.valid['n']}), never on test (`training/calibration.py`): the "
             "logit adjustment (Menon et al. 2021) by the largest accuracy + macro-F1, then "
-            "the temperature (Guo et al. 2017) by the smallest NLL. Prior: "
-            f"{calibration.prior_source}.",
+            "the temperature (Guo et al. 2017) by the smallest NLL"
+            + (f" over the clean faces (half the weight) and their copies under "
+               f"{calibration.valid['shifted']['sets']} occluders and camera degradations "
+               f"(n = {calibration.valid['shifted']['n']}; ECE there "
+               f"{calibration.valid['shifted']['ece_before']:.2f} → "
+               f"{calibration.valid['shifted']['ece_after']:.2f} %)"
+               if "shifted" in calibration.valid else " on the clean faces")
+            + f". Prior: {calibration.prior_source}.",
             "",
             "| FER2013Valid | accuracy | macro-F1 | NLL | ECE |", "|---|---|---|---|---|",
             f"| network's own softmax | {before['accuracy']:.2f} | {before['macro_f1']:.2f} | "

@@ -43,10 +43,13 @@ def image_rng(seed: int, kind: str, name: str) -> np.random.Generator:
 
 
 def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TEST_SET_KINDS,
-                    split: str = "test", seed: int = 0, progress: bool = True) -> dict[str, Path]:
+                    split: str = "test", seed: int = 0, progress: bool = True,
+                    only: Sequence[str] | None = None) -> dict[str, Path]:
     """Write `out_dir/<kind>/<split folder>/` (occluded PNGs + the split's label.csv),
     `out_dir/<kind>/masks/<name>.png` and `out_dir/<kind>/contact_sheet.png` for each kind.
-    Returns {kind: out_dir/<kind>}, each a FERPlus root for that one split."""
+    Returns {kind: out_dir/<kind>}, each a FERPlus root for that one split. `only` writes just
+    those images (each image's draw depends on (seed, kind, name) alone, so a set built in
+    parts is the set built at once)."""
     ferplus_root, out_dir = Path(ferplus_root), Path(out_dir)
     unknown = [k for k in kinds if k not in SET_KINDS]
     if unknown:
@@ -54,6 +57,9 @@ def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TE
     if split not in SPLIT_FOLDERS:
         raise ValueError(f"unknown FERPlus split {split!r}; expected one of {tuple(SPLIT_FOLDERS)}")
     names, _ = read_votes(ferplus_root, split)  # validates the layout, with a helpful error
+    if only is not None:
+        wanted = set(only)
+        names = [n for n in names if n in wanted]
     source = ferplus_root / SPLIT_FOLDERS[split]
     written: dict[str, Path] = {}
     for kind in kinds:
@@ -84,8 +90,9 @@ def write_test_sets(ferplus_root: Path, out_dir: Path, kinds: Sequence[str] = TE
             if len(sheet_images) < SHEET_COUNT:
                 sheet_images.append(occluded)
                 sheet_masks.append(mask)
-        contact_sheet(sheet_images, None if kind in DEGRADED_SETS else sheet_masks,
-                      root / "contact_sheet.png")
+        if sheet_images:
+            contact_sheet(sheet_images, None if kind in DEGRADED_SETS else sheet_masks,
+                          root / "contact_sheet.png")
         written[kind] = root
     return written
 
