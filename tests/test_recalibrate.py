@@ -164,6 +164,9 @@ def test_recalibrate_fits_folds_cards_and_registers(mini, tmp_path):
     card = (manifest.parent / "cards" / "resnet18_fast.md").read_text()
     assert "## Temperature (fitted after export" in card and old_sha in card
     assert f"sha256 `{result.new_sha256}`" in card and "| held-out tilt |" in card
+    lower = sum(v["ece_shift_fit"] < v["ece_clean_fit"] for k, v in result.test.items()
+                if k != "clean")
+    assert f"on {3 - lower} of the 3 occluded, degraded and held-out test sets" in card
     assert json.loads((tmp_path / "run" / "resnet18_fast.json").read_text())["temperature"] == t
     store = ModelStore(root=tmp_path / "home", manifest=manifest)
     assert store.fetch("resnet18_fast").is_file()  # the store accepts the new sha256
