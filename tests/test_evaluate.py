@@ -117,9 +117,15 @@ def test_occluded_set_is_built_once_then_reused(tiny_onnx, ferplus_root, tmp_pat
                         occlusion_dir=occlusion_dir, report_dir=tmp_path / "masked2")
     assert (built / "label.csv").stat().st_mtime_ns == stamp
     assert again["accuracy"] == masked["accuracy"]
+    # reports list the sets that exist, in the order asked, without building the others
+    assert ev.available_test_sets(root, ["hands", "masked", "blur"], occlusion_dir) == ["masked"]
+    assert not (occlusion_dir / "hands").exists()
     # a set whose build was cut short is not trusted
     next(built.glob("*.png")).unlink()
     assert not ev.occluded_set_ready(occlusion_dir / "masked", "FER2013Test")
+    assert ev.available_test_sets(root, ["masked"], occlusion_dir) == []
+    assert ev.available_test_sets(root, ["masked"], occlusion_dir, build=True) == ["masked"]
+    assert ev.occluded_set_ready(occlusion_dir / "masked", "FER2013Test")
 
 
 def test_models_without_occlufer_metadata_are_refused(tmp_path, ferplus_root):

@@ -34,8 +34,8 @@ from exporters.ensemble import EnsembleError, Member, build_ensemble, read_membe
 from training.calibration import class_prior, fit_calibration
 from training.data import load_split
 from training.distill import raw_posterior
-from training.evaluate import (evaluate, model_metadata, occluded_root, predict, sha256_file,
-                               shifted_valid_images)
+from training.evaluate import (available_test_sets, evaluate, model_metadata, predict,
+                               sha256_file, shifted_valid_images)
 
 MIRROR_CHOICES = ("auto", "on", "off")
 
@@ -146,12 +146,7 @@ def make_ensemble(name: str, members: Sequence[str], data_root: Path, *, out_dir
                            verify_images=list(valid.images[:64]))
 
     reports: dict[str, dict[str, Any]] = {}
-    for kind in [None, *EVALUATED_SETS]:
-        if kind is not None:
-            try:
-                occluded_root(data_root, kind, "test", occlusion_dir, build=False)
-            except DatasetError:
-                continue
+    for kind in [None, *available_test_sets(data_root, EVALUATED_SETS, occlusion_dir)]:
         label = kind or "clean"
         reports[label] = evaluate(final, "ferplus", data_root, "test", occlusion=kind,
                                   occlusion_dir=occlusion_dir, limit=test_limit,

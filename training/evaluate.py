@@ -146,6 +146,20 @@ def occluded_root(ferplus_root: Path, kind: str, split: str = "test",
     return root
 
 
+def available_test_sets(ferplus_root: Path, kinds: Sequence[str],
+                        occlusion_dir: Path | None = None, build: bool = False) -> list[str]:
+    """The `kinds` whose test copy exists (built first when `build`): reports score what is
+    there and say what is not, rather than fail a finished training over a missing set."""
+    present = []
+    for kind in kinds:
+        try:
+            occluded_root(ferplus_root, kind, "test", occlusion_dir, build=build)
+        except DatasetError:
+            continue
+        present.append(kind)
+    return present
+
+
 def predict_outputs(session, images: Sequence[np.ndarray] | np.ndarray, spec: InputSpec,
                     batch: int = 256, desc: str = "evaluating",
                     priors: dict[str, np.ndarray] | None = None,

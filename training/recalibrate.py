@@ -143,7 +143,7 @@ def recalibrate(name: str, data_root: Path, valid_sets: Path | None, *, out_dir:
 
     from app.pipeline.preprocess import prepare_batch
     from app.runtime.providers import create_session
-    from training.evaluate import model_metadata, sha256_file
+    from training.evaluate import available_test_sets, model_metadata, sha256_file
     from training.foreign_shifts import SHIFTS, shifted
     from training.occlusion import EVALUATED_SETS
     from training.trainer import git_commit
@@ -184,7 +184,7 @@ def recalibrate(name: str, data_root: Path, valid_sets: Path | None, *, out_dir:
                            valid={"clean": scores(z_valid[0], valid[0].labels),
                                   "shifted": scores(np.concatenate(z_valid[1:]),
                                                     np.concatenate([s.labels for s in valid[1:]]))})
-    test_kinds = [k for k in kinds if _exists(data_root, k, occlusion_dir)]
+    test_kinds = available_test_sets(data_root, kinds, occlusion_dir)
     for s in split_sets(data_root, "test", test_kinds, occlusion_dir, test_limit):
         result.test[s.name] = scores(set_logits(session, spec, t_before, s.images,
                                                 f"{name} test {s.name}"), s.labels)
@@ -209,16 +209,6 @@ def recalibrate(name: str, data_root: Path, valid_sets: Path | None, *, out_dir:
         register_recalibrated(result, manifest, code=code or git_commit(),
                               command=command or default_command([name], refit))
     return result
-
-
-def _exists(data_root: Path, kind: str, occlusion_dir: Path | None) -> bool:
-    from training.evaluate import occluded_root
-
-    try:
-        occluded_root(data_root, kind, "test", occlusion_dir, build=False)
-    except DatasetError:
-        return False
-    return True
 
 
 def default_command(names: Sequence[str], refit: bool = False) -> str:

@@ -819,7 +819,7 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     from exporters.classifier import export_classifier_report, load_checkpoint_model
     from app.pipeline.expression import prior_input_types
     from app.runtime.providers import create_session
-    from training.evaluate import (PRIOR_SOURCES, evaluate, model_metadata, occluded_root,
+    from training.evaluate import (PRIOR_SOURCES, available_test_sets, evaluate, model_metadata,
                                    predict)
 
     finalize_started = time.perf_counter()
@@ -866,12 +866,7 @@ def finalize_run(*, out_dir: Path, name: str, dataset: str, data_root: Path, val
     if dataset.lower() == "ferplus":
         from training.occlusion import EVALUATED_SETS
 
-        for kind in EVALUATED_SETS:
-            try:
-                occluded_root(data_root, kind, "test", occlusion_dir, build=build_occluded)
-            except DatasetError:
-                continue
-            kinds.append(kind)
+        kinds += available_test_sets(data_root, EVALUATED_SETS, occlusion_dir, build_occluded)
     for kind in kinds:
         label = kind or "clean"
         for source in sources:
