@@ -84,7 +84,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_const",
                         const=False, default=None,
-                        help="keep NCHW tensors (default: channels_last on the CPU)")
+                        help="keep NCHW tensors (default: channels_last)")
     parser.add_argument("--occluder-bank", type=int, default=None, metavar="K",
                         help="occluders painted per epoch and shared by its faces (default: "
                              "the recipe's; 0 = one painted per face)")
@@ -103,6 +103,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--occlusion-dir", type=Path, default=None,
                         help="where the occluded test sets are (default "
                              "$OCCLUFER_CACHE/occlusion_sets or ~/.cache/occlufer/occlusion_sets)")
+    parser.add_argument("--no-finalize", dest="finalize", action="store_false",
+                        help="stop after the last epoch without exporting, evaluating or "
+                             "writing the card (a machine without the test data, e.g. a lent "
+                             "GPU: `--resume` on one that has it finishes the run)")
     parser.add_argument("--build-occluded-sets", action="store_true",
                         help="build missing occluded FERPlus test sets for the final evaluation "
                              "(default: score only the sets that exist)")
@@ -130,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
                        precision=args.precision, channels_last=args.channels_last,
                        occluder_bank=args.occluder_bank, teachers=args.teachers,
                        distill_weight=args.distill_weight, train_priors=args.train_priors,
-                       entry_name=args.name)
+                       entry_name=args.name, finalize=args.finalize)
     except KeyError as exc:  # unknown model or recipe
         raise OccluferError(str(exc.args[0])) from exc
     print(f"wrote {result}")

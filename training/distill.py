@@ -79,13 +79,15 @@ def teacher_targets(teachers: Sequence[str], images: np.ndarray, names: Sequence
     Cached on disk by the teachers' sha256 and the images themselves."""
     from app.pipeline.preprocess import prepare_batch
     from app.runtime.providers import create_session
-    from training.cli import resolve_model_file
     from training.evaluate import model_metadata, sha256_file
 
     if not teachers:
         raise OccluferError("distillation needs at least one teacher model")
-    files = [resolve_model_file(name, manifest) for name in teachers]
-    shas = [sha256_file(f) for f in files]
+    files, shas = [], []
+    for name in teachers:
+        file, sha = _teacher_file(name, manifest)
+        files.append(file)
+        shas.append(sha or sha256_file(file))
     key = hashlib.sha256(json.dumps({"teachers": shas, "classes": list(classes),
                                      "images": _images_digest(names, images)}).encode()
                          ).hexdigest()[:24]
@@ -97,6 +99,13 @@ def teacher_targets(teachers: Sequence[str], images: np.ndarray, names: Sequence
         targets = np.load(path)
         if targets.shape == (len(images), len(classes)):
             return targets, note
+    absent = [name for name, file in zip(teachers, files) if file is None]
+    if absent:
+        raise OccluferError(
+            f"teacher {', '.join(absent)} is not installed here and its targets for these "
+            f"{len(images)} faces are not cached ({path} is missing): run `occlufer models "
+            f"fetch {' '.join(absent)}`, or copy the cached targets from a machine that has "
+            "the teacher (python -m training.offload pack)")
     total = np.zeros((len(images), len(classes)), np.float64)
     for name, file in zip(teachers, files):
         session = create_session(file, "cpu")
@@ -122,6 +131,23 @@ def teacher_targets(teachers: Sequence[str], images: np.ndarray, names: Sequence
     np.save(tmp, targets)
     os.replace(tmp, path)
     return targets, note
+
+
+def _teacher_file(name: str, manifest: Path | None) -> tuple[Path | None, str | None]:
+    """The teacher's file, or (None, the manifest's sha256) when a shipped teacher is not
+    installed on this machine: its cached targets still identify it, so a machine that only
+    trains (a lent GPU, which gets the targets and not the 18 MB ensemble) can use them."""
+    from app.errors import ModelMissingError
+    from app.runtime.store import ModelStore
+    from training.cli import resolve_model_file
+
+    try:
+        return resolve_model_file(name, manifest), None
+    except ModelMissingError:
+        sha = ModelStore(manifest=manifest).expected_sha256(name)
+        if not sha:
+            raise
+        return None, sha
 
 
 def mix_targets(label: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:

@@ -310,7 +310,12 @@ def seed_everything(seed: int) -> None:
 
 # --------------------------------------------------------------------------- provenance
 def git_commit() -> str:
-    """HEAD of the repository, marked when the working tree differs from it."""
+    """HEAD of the repository, marked when the working tree differs from it.
+
+    `$OCCLUFER_CODE_VERSION` names the commit instead where the code is a copy without git
+    history: `training.offload` ships a clean commit's files to a lent GPU and sets it."""
+    if os.environ.get("OCCLUFER_CODE_VERSION"):
+        return os.environ["OCCLUFER_CODE_VERSION"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=10)
@@ -352,6 +357,23 @@ def hardware(device: str) -> str:
     if device == "cuda" and torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}"
     return text
+
+
+def training_hardware(state: RunState, device: str) -> str:
+    """Where the epochs ran and where the file was exported and scored: a run trained on a
+    lent GPU (`training.offload`) is finished on the CPU that ships it."""
+    here = f"{hardware(device)} (device {device})"
+    trained = list(dict.fromkeys(s["hardware"] for s in state.sessions if s.get("hardware")))
+    if not trained or trained == [hardware(device)]:
+        return here
+    return f"trained on {'; '.join(trained)}; exported and evaluated on {here}"
+
+
+def first_command(state: RunState, command: str) -> str:
+    """The command that made the run from nothing (its first session's), else `command`: a
+    run resumed elsewhere, e.g. finished on the CPU after a GPU trained it, keeps the command
+    that trained it."""
+    return next((s["command"] for s in state.sessions if s.get("command")), command)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -470,8 +492,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     `teacher` is (FaceMeshLandmarker, ONNX path) for recipes whose `aux` needs landmarks
     (default: the installed `facemesh_468`).
     Engine settings, which change speed and not the recipe: `precision` (autocast dtype,
-    `resolve_precision`), `channels_last` (default: on for the CPU, where oneDNN's
-    convolutions run faster in NHWC: 609 -> 786 img/s in bf16), `occluder_bank` (overrides
+    `resolve_precision`), `channels_last` (default: on; oneDNN's convolutions run faster in
+    NHWC, 609 -> 786 img/s in bf16 on the CPU, and so do cuDNN's tensor-core ones), `occluder_bank` (overrides
     the recipe's `augment.occluder_bank`; see `training.augment`).
     `teachers` / `distill_weight` override the recipe's distillation (`training.distill`);
     a distilled run's default entry name ends in `_kd`.
@@ -533,8 +555,10 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
     # validation on the CPU stays fp32: the best epoch is chosen on what the ONNX will compute
     eval_dtype = amp_dtype if torch_device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if channels_last is None:
-        channels_last = torch_device.type == "cpu"
+    if channels_last is None:  # NHWC is what oneDNN and cuDNN's tensor-core convolutions want
+        channels_last = True
+    if torch_device.type == "cuda":  # fixed batch shapes (drop_last): autotune each conv once
+        torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
 
@@ -567,7 +591,8 @@ def train(model_name: str, dataset: str, data_root: Path, recipe: str | Recipe,
                                "precision": str(amp_dtype).replace("torch.", "")
                                if amp_dtype else "float32",
                                "channels_last": bool(channels_last),
-                               "started": dt.datetime.now().isoformat(timespec="seconds")})
+                               "started": dt.datetime.now().isoformat(timespec="seconds"),
+                               "hardware": hardware(torch_device.type), "command": command})
 
     n_workers = default_workers() if workers is None else workers
     source = BatchSource(train_data, spec, recipe_obj.augment, occlusion_aug, seed,
@@ -965,7 +990,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         "",
         "## Training",
         "",
-        f"- Command: `{command}`",
+        f"- Command: `{first_command(state, command)}`",
         f"- Code: {code_versions(state)}",
         f"- Data: {dataset} at `{_relative_to_repo(data_root)}` (DATA_ROOT); {train_count} training images "
         f"(label mode {recipe.label_mode}), {len(valid)} validation images ({valid.source}); "
@@ -974,7 +999,7 @@ def write_card(path: Path, *, name: str, checkpoint: dict, recipe: Recipe, comma
         f"{' (early stop, patience ' + str(recipe.patience) + ')' if state.stopped_early else ''};"
         f" batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr} {recipe.schedule}, "
         f"wd {recipe.weight_decay}, label smoothing {recipe.label_smoothing}",
-        f"- Hardware: {hardware(device)} (device {device})",
+        f"- Hardware: {training_hardware(state, device)}",
         f"- Wall time: training {state.train_seconds / 60:.1f} min over all sessions; "
         f"this session incl. export and evaluation {wall_seconds / 60:.1f} min",
         f"- Throughput: {np.mean([r['img_per_s'] for r in state.history]):.0f} img/s mean "
