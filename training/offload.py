@@ -200,7 +200,7 @@ def _probe_rate(run_dir: Path) -> float:
 
 def remote(pack_dir: Path, data_root: Path, out: Path, *, model: str, recipe: str,
            teachers: Sequence[str], deadline_s: float, device: str = "cuda",
-           workers: int | None = None, probe_images: int = 6000,
+           workers: int | None = None, probe_images: int = 0,
            max_epochs: int | None = None, limit: int | None = None) -> int:
     """Everything a lease runs, against a deadline counted from now; logs and parts in `out`."""
     started = time.monotonic()
@@ -224,14 +224,17 @@ def remote(pack_dir: Path, data_root: Path, out: Path, *, model: str, recipe: st
 
     recipe_obj = get_recipe(model, recipe)
     epochs_cap = max_epochs or recipe_obj.epochs
-    n_train = len(index(data_root, "train", recipe_obj.label_mode).names)
-    if limit:  # a dry run on a few faces
-        n_train = min(n_train, limit)
+    n_total = len(index(data_root, "train", recipe_obj.label_mode).names)
+    n_train = min(n_total, limit) if limit else n_total  # limit: a dry run on a few faces
 
     probe_dir = Path("/tmp/occlufer-probe")
     shutil.rmtree(probe_dir, ignore_errors=True)
+    # a whole epoch by default: each epoch starts its augmentation workers afresh, and a short
+    # probe would charge that start to too few faces and plan too few epochs
+    probe_images = min(probe_images, n_train) if probe_images else n_train
     probe = _train_command(model, recipe, data_root, probe_dir, device, workers,
-                           ["--limit", str(probe_images), "--epochs", "1"])
+                           ["--epochs", "1"] + (["--limit", str(probe_images)]
+                                                if probe_images < n_total else []))
     tick = time.monotonic()
     with (out / "probe.log").open("w") as probe_log:
         rc = subprocess.run(probe, env=env, stdout=probe_log, stderr=subprocess.STDOUT).returncode
@@ -305,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, required=True, help="seconds from now")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--probe-images", type=int, default=6000)
+    p.add_argument("--probe-images", type=int, default=0,
+                   help="faces in the probe epoch (default 0: the whole training set)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="train on N faces (a dry run)")
     args = parser.parse_args(argv)
