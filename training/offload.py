@@ -253,8 +253,10 @@ def remote(pack_dir: Path, data_root: Path, out: Path, *, model: str, recipe: st
         return 3
     extra = (["--epochs", str(epochs)] + (["--limit", str(limit)] if limit else [])
              + (["--teacher", *teachers] if teachers else []))
-    command = _train_command(model, recipe, data_root, Path("runs") / _run_name(
-        model, recipe, bool(teachers)), device, workers, extra)
+    from training.trainer import default_entry_name
+
+    command = _train_command(model, recipe, data_root, Path("runs") / default_entry_name(
+        model, recipe, "ferplus", True, bool(teachers)), device, workers, extra)
     say("train: " + shlex.join(command))
     budget = deadline_s - (time.monotonic() - started) - 30.0
     run_dir = Path(command[command.index("--out") + 1])
@@ -274,10 +276,6 @@ def remote(pack_dir: Path, data_root: Path, out: Path, *, model: str, recipe: st
         say(f"slimmed into {len(parts)} parts, "
             f"{sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
     return rc
-
-
-def _run_name(model: str, recipe: str, distilled: bool) -> str:
-    return f"{model}_{recipe}" + ("_kd" if distilled else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
