@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import OccluferError
+from training.data.ferplus import LABEL_FILE, SPLIT_FOLDERS, read_votes
 
 PACK_FILE = "ferplus.npz"
 TARGETS_DIR = "teacher_targets"
 PARTS_PREFIX = "checkpoints.pt.part"
 PART_BYTES = 15 * 2**20  # under the way back's 16 MiB per file
-SPLITS = {"train": "FER2013Train", "valid": "FER2013Valid"}
-LABEL_FILE = "label.csv"
+SPLITS = {split: SPLIT_FOLDERS[split] for split in ("train", "valid")}  # test stays here
 
 
 # --------------------------------------------------------------------------- data
@@ -57,11 +57,8 @@ def pack(data_root: Path, out_dir: Path, targets: Sequence[Path] = ()) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     for split, folder in SPLITS.items():
-        label_file = data_root / folder / LABEL_FILE
-        if not label_file.is_file():
-            raise OccluferError(f"cannot pack FERPlus: {label_file} is missing")
-        text = label_file.read_bytes()
-        names = [row[0] for row in csv.reader(io.StringIO(text.decode())) if row]
+        names, _ = read_votes(data_root, split)  # the reader's own checks of the layout
+        text = (data_root / folder / LABEL_FILE).read_bytes()
         faces = np.zeros((len(names), 48, 48), np.uint8)
         for i, name in enumerate(names):
             face = cv2.imread(str(data_root / folder / name), cv2.IMREAD_UNCHANGED)
@@ -160,6 +157,8 @@ def join(parts_dir: Path, run_dir: Path) -> list[Path]:
     without optimizer moments, which `--resume` of a finished run never uses)."""
     import torch
 
+    from training.trainer import save_atomic
+
     parts = sorted(parts_dir.glob(f"{PARTS_PREFIX}*"),
                    key=lambda p: int(p.name[len(PARTS_PREFIX):]))
     if not parts:
@@ -170,9 +169,8 @@ def join(parts_dir: Path, run_dir: Path) -> list[Path]:
     written = []
     for name, checkpoint in bundle.items():
         checkpoint["model"] = _float(checkpoint["model"])
-        path = run_dir / name
-        torch.save(checkpoint, path)
-        written.append(path)
+        save_atomic(checkpoint, run_dir / name)
+        written.append(run_dir / name)
     return written
 
 
@@ -255,11 +253,10 @@ def remote(pack_dir: Path, data_root: Path, out: Path, *, model: str, recipe: st
              + (["--teacher", *teachers] if teachers else []))
     from training.trainer import default_entry_name
 
-    command = _train_command(model, recipe, data_root, Path("runs") / default_entry_name(
-        model, recipe, "ferplus", True, bool(teachers)), device, workers, extra)
+    run_dir = Path("runs") / default_entry_name(model, recipe, "ferplus", True, bool(teachers))
+    command = _train_command(model, recipe, data_root, run_dir, device, workers, extra)
     say("train: " + shlex.join(command))
     budget = deadline_s - (time.monotonic() - started) - 30.0
-    run_dir = Path(command[command.index("--out") + 1])
     with (out / "train.log").open("w") as train_log:
         try:
             rc = subprocess.run(command, env=env, stdout=train_log, stderr=subprocess.STDOUT,
